@@ -1,0 +1,596 @@
+"""SteeredModel: a Hugging Face causal LM and tokenizer with actsteer's hooks, and the calls that
+generate with per-call, per-row steering (sync, batched, streaming, async)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessorList,
+    StoppingCriteriaList,
+)
+
+from . import hooks
+from .errors import GenerationError, LayerError, SteeringSpecError
+from .generation import (
+    CancelCriteria,
+    Generation,
+    SeededSampler,
+    TokenQueue,
+    cut_at_stop,
+    safe_length,
+)
+from .layers import find_layers
+from .spec import Steering, SteeringLike, _sum_aligned
+from .vector import ModelFingerprint, SteeringVector
+
+Prompt = str | Sequence[Mapping[str, str]] | Sequence[tuple[str, str]]
+"""A raw completion string, or chat messages (``{"role", "content"}`` dicts or pairs)."""
+
+#: Neutral text used to measure each layer's typical activation norm.
+_NORM_TEXTS = (
+    "The weather report for tomorrow mentions light rain in the afternoon.",
+    "Please list three common uses for a spreadsheet in a small office.",
+    "A train leaves the station at nine and arrives two hours later.",
+    "Water boils at a lower temperature at high altitude than at sea level.",
+)
+
+
+class SteeredModel:
+    """A causal LM whose every generate call can carry its own steering.
+
+    Hooks are installed once; steering is passed per call (``generate(..., steering=...)``) and
+    never stored on the model, so one instance serves concurrent threads and tasks safely.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        layers_path: str | None = None,
+        name: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stack, layer_list, self.layers_path = find_layers(model, layers_path)
+        self.layers: tuple[torch.nn.Module, ...] = tuple(layer_list)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+        template = getattr(tokenizer, "chat_template", None)
+        self.fingerprint = ModelFingerprint(
+            name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+            architecture=(getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+            hidden_size=int(hidden),
+            num_layers=len(self.layers),
+            revision=revision,
+            chat_template_hash=(
+                hashlib.sha256(template.encode()).hexdigest()[:16] if isinstance(template, str) else None
+            ),
+        )
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_token_id: int = int(pad)
+        self._eos_ids = self._collect_eos_ids()
+        self._layer_devices, self._layer_dtypes = {}, {}
+        for i, layer in enumerate(self.layers):
+            p = next(layer.parameters(), None)
+            self._layer_devices[i] = p.device if p is not None else torch.device("cpu")
+            self._layer_dtypes[i] = p.dtype if p is not None else torch.float32
+        self._norms: dict[int, float] | None = None
+        self._norms_lock = threading.Lock()
+        self._handles = hooks.install(self.stack, self.layers)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | Mapping[str, Any] | None = None,
+        revision: str | None = None,
+        layers_path: str | None = None,
+        tokenizer_kwargs: Mapping[str, Any] | None = None,
+        **model_kwargs: Any,
+    ) -> SteeredModel:
+        """Load any Hugging Face causal LM by hub id or local path (kwargs go to transformers)."""
+        if dtype is not None:
+            model_kwargs["dtype"] = dtype
+        if device_map is not None:
+            model_kwargs["device_map"] = device_map
+        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, **(tokenizer_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, **model_kwargs)
+        return cls(model, tokenizer, layers_path=layers_path, name=model_id, revision=revision)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer: Any, **kwargs: Any) -> SteeredModel:
+        """Wrap an already loaded model and tokenizer (installs hooks on it)."""
+        return cls(model, tokenizer, **kwargs)
+
+    @classmethod
+    def default(cls, *, progress: bool = True) -> SteeredModel:
+        """The embedded SmolLM2-135M-Instruct (converted and cached on first use)."""
+        from .default_model import DEFAULT_MODEL_NAME, ensure_converted
+
+        folder = ensure_converted(progress=progress)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return cls(model, tokenizer, name=DEFAULT_MODEL_NAME)
+
+    def close(self) -> None:
+        """Remove the hooks, leaving the wrapped model exactly as it was before wrapping."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.fingerprint.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def __repr__(self) -> str:
+        fp = self.fingerprint
+        return f"SteeredModel({fp.name!r}, layers={fp.num_layers}, hidden={fp.hidden_size})"
+
+    # -- prompts --------------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        """The exact text sent to the model: raw strings as is, messages through the chat template."""
+        if isinstance(prompt, str):
+            return prompt
+        messages = [_message(m) for m in prompt]
+        if not messages:
+            raise SteeringSpecError("an empty message list cannot be sent to the model")
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + "assistant:"
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt, exactly as a generate call sends them."""
+        text = self.render(prompt)
+        ids = self.tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
+        if not ids:
+            raise SteeringSpecError("the prompt encodes to zero tokens")
+        return list(ids)
+
+    # -- steering -------------------------------------------------------------------------------
+    def resolve(self, steering: SteeringLike) -> tuple[Steering, ...]:
+        """Normalise any accepted steering form to a tuple of ``Steering`` values."""
+        if steering is None:
+            return ()
+        if isinstance(steering, Steering):
+            return (steering,)
+        if isinstance(steering, SteeringVector):
+            return (Steering(steering),)
+        if isinstance(steering, str):
+            return self._parse_expression(steering)
+        if isinstance(steering, Sequence):
+            return tuple(s for item in steering for s in self.resolve(item))
+        raise SteeringSpecError(
+            f"cannot steer with a {type(steering).__name__}; pass a SteeringVector, a Steering, "
+            "a list of them, or None"
+        )
+
+    def _parse_expression(self, text: str) -> tuple[Steering, ...]:
+        raise SteeringSpecError(
+            f"steering expressions such as {text!r} need the preset library, which is not part "
+            "of this version; pass a SteeringVector or Steering"
+        )
+
+    def activation_norms(self) -> dict[int, float]:
+        """Each layer's typical hidden-state norm on neutral text (computed once, then cached)."""
+        with self._norms_lock:
+            if self._norms is None:
+                states = self.hidden_states(list(_NORM_TEXTS), range(self.num_layers))
+                norms = {}
+                for layer, rows in states.items():
+                    # skip each row's first token: attention sinks carry outsized norms
+                    per_token = torch.cat([r[1:].norm(dim=-1) for r in rows])
+                    norms[layer] = float(per_token.mean())
+                self._norms = norms
+            return dict(self._norms)
+
+    def row_spec(self, steering: SteeringLike) -> tuple[hooks.RowSpec, str | None]:
+        """Compile one row's steering into per-layer tensors for this model."""
+        steerings = [s for s in self.resolve(steering) if not s.is_zero]
+        if not steerings:
+            return {}, None
+        norms = self.activation_norms()
+        row: dict[tuple[str, str], tuple[dict[int, torch.Tensor], float]] = {}
+        for s in steerings:
+            deltas = s.layer_deltas(self.fingerprint, norms)
+            key = (s.positions, s.operator)
+            strength = s.coeff if s.operator == "ablate" else 1.0
+            if key not in row:
+                row[key] = (dict(deltas), strength)
+                continue
+            merged, old = row[key]
+            if s.operator == "ablate" and old != strength:
+                raise SteeringSpecError("ablations of different strengths cannot share a call")
+            for layer, d in deltas.items():
+                if layer not in merged:
+                    merged[layer] = d
+                elif s.operator == "ablate":
+                    merged[layer] = torch.cat([merged[layer], d])
+                else:
+                    merged[layer] = _sum_aligned(merged[layer], d)
+        return row, " + ".join(s.describe() for s in steerings)
+
+    def plan(
+        self,
+        steerings: Sequence[SteeringLike],
+        *,
+        prompt_len: int | None = None,
+        starts: torch.Tensor | None = None,
+    ) -> hooks.Plan | None:
+        """The hook plan for a batch whose row ``i`` carries ``steerings[i]``."""
+        compiled = [self.row_spec(s) for s in steerings]
+        plan = hooks.Plan.build(
+            [c[0] for c in compiled],
+            prompt_len=prompt_len,
+            starts=starts,
+            descriptions=[c[1] or "" for c in compiled],
+        )
+        return None if plan is None else plan.to(self._layer_devices, self._layer_dtypes)
+
+    @contextlib.contextmanager
+    def steer(self, steering: SteeringLike) -> Iterator[hooks.Plan | None]:
+        """Steer raw ``model(...)`` / ``model.generate(...)`` calls made inside the block, in
+        this thread or task only. The first forward's length counts as the prompt."""
+        plan = self.plan([steering])
+        with hooks.activate(hooks.CallState(plan) if plan is not None else None):
+            yield plan
+
+    def explain(self, steering: SteeringLike) -> str:
+        """Print-ready description of what a steering does on this model, layer by layer."""
+        norms = self.activation_norms()
+        parts = [s.explain(self.fingerprint, norms) for s in self.resolve(steering)]
+        return "\n".join(parts) if parts else "no steering"
+
+    # -- reading activations --------------------------------------------------------------------
+    def hidden_states(
+        self,
+        prompts: Sequence[Prompt],
+        layers: Sequence[int] | range,
+        *,
+        steering: SteeringLike = None,
+        batch_size: int = 16,
+    ) -> dict[int, list[torch.Tensor]]:
+        """Outputs of ``layers`` (after any steering) for each prompt, without padding:
+        ``{layer: [(tokens, hidden), ...]}``. Runs batched; stops after the deepest layer."""
+        layers = sorted(set(layers))
+        bad = [x for x in layers if not 0 <= x < self.num_layers]
+        if bad or not layers:
+            raise LayerError(f"layers {bad or '[]'} out of range 0-{self.num_layers - 1}")
+        compiled = self.row_spec(steering) if steering is not None else ({}, None)
+        out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        encoded = [self.encode(p) for p in prompts]
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            ids, mask = self._pad(chunk)
+            plan = self._plan_from([compiled] * len(chunk), ids.shape[1], mask)
+            state = hooks.CallState(plan, capture_layers=frozenset(layers), stop_after=layers[-1])
+            with torch.inference_mode(), hooks.activate(state):
+                try:
+                    self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                except hooks.StopForward:
+                    pass
+            for layer in layers:
+                h = state.captured[layer].float().cpu()
+                for row, tokens in enumerate(chunk):
+                    out[layer].append(h[row, h.shape[1] - len(tokens) :].clone())
+        return out
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Prompt,
+        steering: SteeringLike = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """The completion of one prompt (without the prompt), cut at the first stop string."""
+        return self.generate_detailed(
+            prompt, steering, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, stop=stop, seed=seed,
+        ).text
+
+    def generate_detailed(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> Generation:
+        """Like ``generate`` but returns text with token counts, finish reason and steering."""
+        return self.generate_batch_detailed([prompt], [steering], **kw)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[Prompt], steering: SteeringLike | Sequence[SteeringLike] = None, **kw: Any
+    ) -> list[str]:
+        """One batched, left-padded generate; ``steering`` is one spec for all rows or a list
+        with one spec (or None) per row."""
+        return [g.text for g in self.generate_batch_detailed(prompts, steering, **kw)]
+
+    def generate_batch_detailed(
+        self,
+        prompts: Sequence[Prompt],
+        steering: SteeringLike | Sequence[SteeringLike] = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Generation]:
+        """``generate_batch`` with token counts, finish reasons and steering per row."""
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise SteeringSpecError("generate_batch needs a list of prompts")
+        if not prompts:
+            return []
+        per_row = _per_row(steering, len(prompts))
+        stop = _check_options(max_new_tokens, temperature, top_p, stop)
+        encoded = [self.encode(p) for p in prompts]
+        ids, mask = self._pad(encoded)
+        compiled = [self.row_spec(s) for s in per_row]
+        plan = self._plan_from(compiled, ids.shape[1], mask)
+        cancel = cancel or threading.Event()
+        out = self._generate_ids(ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, cancel)
+        results = []
+        for row, tokens in enumerate(encoded):
+            new = out[row, ids.shape[1] :].tolist()
+            results.append(self._finish(tokens, new, stop, max_new_tokens, cancel, compiled[row][1]))
+        return results
+
+    def stream(
+        self,
+        prompt: Prompt,
+        steering: SteeringLike = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        timeout: float | None = 600.0,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the completion in pieces; the pieces join to exactly ``generate``'s text.
+        Abandoning the iterator stops generation and leaves no steering behind."""
+        stop = _check_options(max_new_tokens, temperature, top_p, stop)
+        tokens = self.encode(prompt)
+        ids, mask = self._pad([tokens])
+        compiled = [self.row_spec(steering)]
+        plan = self._plan_from(compiled, ids.shape[1], mask)
+        return self._stream(ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed,
+                            timeout, cancel or threading.Event())
+
+    def _stream(self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, timeout, cancel):
+        streamer = TokenQueue()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._generate_ids(ids, mask, plan, max_new_tokens, temperature, top_p, stop,
+                                   seed, cancel, streamer)
+            except BaseException as exc:  # re-raised in the consumer
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        import contextvars
+
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
+        worker.start()
+        new: list[int] = []
+        sent = 0
+        try:
+            while True:
+                try:
+                    item = streamer.queue.get(timeout=timeout)
+                except Exception as exc:
+                    raise GenerationError(f"no token arrived within {timeout} s") from exc
+                if item is TokenQueue.END:
+                    break
+                new.extend(item)
+                text = self._decode(new)
+                text, hit = cut_at_stop(text, stop)
+                upto = len(text) if hit else safe_length(text, stop)
+                if upto > sent:
+                    yield text[sent:upto]
+                    sent = upto
+                if hit:
+                    cancel.set()
+                    break
+            worker.join()
+            if failure:
+                raise failure[0]
+            text, _ = cut_at_stop(self._decode(new), stop)
+            if len(text) > sent:
+                yield text[sent:]
+        finally:
+            cancel.set()
+            worker.join()
+
+    async def agenerate(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> str:
+        """``generate`` in a worker thread; cancelling the task stops the generation."""
+        return (await self.agenerate_detailed(prompt, steering, **kw)).text
+
+    async def agenerate_detailed(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> Generation:
+        results = await self.agenerate_batch_detailed([prompt], [steering], **kw)
+        return results[0]
+
+    async def agenerate_batch_detailed(
+        self, prompts: Sequence[Prompt], steering: SteeringLike | Sequence[SteeringLike] = None, **kw: Any
+    ) -> list[Generation]:
+        """``generate_batch_detailed`` without blocking the event loop."""
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(
+                self.generate_batch_detailed, prompts, steering, cancel=cancel, **kw
+            )
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+    async def astream(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> AsyncIterator[str]:
+        """``stream`` for asyncio: pieces arrive without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        done = object()
+
+        def pump() -> None:
+            try:
+                for piece in self.stream(prompt, steering, cancel=cancel, **kw):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, done)
+
+        task = loop.run_in_executor(None, _copy_context_run(pump))
+        try:
+            while True:
+                item = await pieces.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            await asyncio.shield(task)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _collect_eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, list | tuple):
+                ids.update(int(e) for e in eos)
+        return sorted(ids)
+
+    def _pad(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(t) for t in encoded)
+        ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _plan_from(self, compiled, prompt_len: int, mask: torch.Tensor) -> hooks.Plan | None:
+        plan = hooks.Plan.build(
+            [c[0] for c in compiled],
+            prompt_len=prompt_len,
+            starts=(mask == 0).sum(dim=1).cpu(),
+            descriptions=[c[1] or "" for c in compiled],
+        )
+        return None if plan is None else plan.to(self._layer_devices, self._layer_dtypes)
+
+    def _generate_ids(self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed,
+                      cancel, streamer=None) -> torch.Tensor:
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self._eos_ids or None,
+            stop_strings=list(stop) or None,
+        )
+        processors = LogitsProcessorList()
+        if temperature > 0:
+            processors.append(SeededSampler(ids.shape[0], temperature, top_p, seed))
+        criteria = StoppingCriteriaList([CancelCriteria(cancel)])
+        state = hooks.CallState(plan) if plan is not None else None
+        with torch.inference_mode(), hooks.activate(state):
+            return self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=criteria,
+                tokenizer=self.tokenizer if stop else None,
+                streamer=streamer,
+            )
+
+    def _decode(self, new: Sequence[int]) -> str:
+        return self.tokenizer.decode(_until_eos(new, self._eos_ids), skip_special_tokens=True)
+
+    def _finish(self, prompt, new, stop, max_new_tokens, cancel, steering) -> Generation:
+        kept = _until_eos(new, self._eos_ids)
+        text, hit = cut_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), stop)
+        ended_on_eos = len(kept) < len(new) and new[len(kept)] in self._eos_ids
+        if hit or ended_on_eos:
+            reason = "stop"
+        elif len(new) >= max_new_tokens:
+            reason = "length"
+        else:
+            reason = "cancelled" if cancel.is_set() else "stop"
+        used = len(kept) + (1 if ended_on_eos else 0)
+        return Generation(text, len(prompt), used, reason, steering)
+
+
+def _until_eos(new: Sequence[int], eos: Sequence[int]) -> list[int]:
+    for i, t in enumerate(new):
+        if t in eos:
+            return list(new[:i])
+    return list(new)
+
+
+def _message(m: object) -> dict[str, str]:
+    if isinstance(m, Mapping) and "role" in m and "content" in m:
+        return {"role": str(m["role"]), "content": str(m["content"])}
+    if isinstance(m, tuple) and len(m) == 2:
+        return {"role": str(m[0]), "content": str(m[1])}
+    raise SteeringSpecError(f"a message must be {{'role', 'content'}} or (role, content), got {m!r}")
+
+
+def _per_row(steering: object, n: int) -> list[SteeringLike]:
+    if isinstance(steering, list):  # a list is per row; anything else applies to every row
+        if len(steering) != n:
+            raise SteeringSpecError(f"got {len(steering)} steering specs for {n} prompts")
+        return list(steering)
+    return [steering] * n  # type: ignore[list-item]
+
+
+def _check_options(max_new_tokens, temperature, top_p, stop) -> tuple[str, ...]:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise SteeringSpecError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not (isinstance(temperature, int | float) and 0.0 <= temperature < float("inf")):
+        raise SteeringSpecError(f"temperature must be >= 0, got {temperature!r}")
+    if not (isinstance(top_p, int | float) and 0.0 < top_p <= 1.0):
+        raise SteeringSpecError(f"top_p must be in (0, 1], got {top_p!r}")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    return tuple(s for s in stop if s)
+
+
+def _copy_context_run(fn):
+    import contextvars
+
+    ctx = contextvars.copy_context()
+    return lambda: ctx.run(fn)

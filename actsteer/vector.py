@@ -1,0 +1,395 @@
+"""SteeringVector: per-layer directions plus metadata, as a frozen value with algebra and file I/O.
+
+A vector maps 0-based decoder-layer indices (Hugging Face ``layers[N]``, llama.cpp ``direction.N``)
+to a direction in that layer's output hidden state. Values are immutable: every operation returns
+a new vector, so one loaded vector can be shared by any number of concurrent calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from .errors import ModelMismatchError, NonFiniteError, SteeringSpecError, VectorShapeError
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What identifies the model a vector was made on: directions only transfer within one model."""
+
+    name: str
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    revision: str | None = None
+    chat_template_hash: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "revision": self.revision,
+            "chat_template_hash": self.chat_template_hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelFingerprint:
+        try:
+            return cls(
+                name=str(data["name"]),
+                architecture=str(data["architecture"]),
+                hidden_size=int(data["hidden_size"]),
+                num_layers=int(data["num_layers"]),
+                revision=None if data.get("revision") is None else str(data["revision"]),
+                chat_template_hash=(
+                    None if data.get("chat_template_hash") is None else str(data["chat_template_hash"])
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SteeringSpecError(f"invalid model fingerprint {dict(data)!r}: {exc}") from exc
+
+    def difference(self, other: ModelFingerprint) -> str | None:
+        """Why ``other`` is a different model, or None when vectors transfer between the two.
+
+        Names are compared by their last path component, so a hub id and a local copy of the same
+        checkpoint ("org/Model" vs "/models/Model") match.
+        """
+        for attr in ("architecture", "hidden_size", "num_layers"):
+            if getattr(self, attr) != getattr(other, attr):
+                return f"{attr} {getattr(self, attr)!r} != {getattr(other, attr)!r}"
+        if _short_name(self.name) != _short_name(other.name):
+            return f"name {self.name!r} != {other.name!r}"
+        return None
+
+
+def _short_name(name: str) -> str:
+    return name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].lower()
+
+
+@dataclass(frozen=True)
+class VectorMeta:
+    """Where a vector came from and how to use it; every field is optional."""
+
+    model: ModelFingerprint | None = None
+    method: str | None = None
+    source: Mapping[str, Any] = field(default_factory=dict)
+    layer_norms: Mapping[int, float] = field(default_factory=dict)
+    recommended_layers: tuple[int, ...] | None = None
+    recommended_coeff: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": None if self.model is None else self.model.to_dict(),
+            "method": self.method,
+            "source": dict(self.source),
+            "layer_norms": {str(k): float(v) for k, v in sorted(self.layer_norms.items())},
+            "recommended_layers": (
+                None if self.recommended_layers is None else list(self.recommended_layers)
+            ),
+            "recommended_coeff": self.recommended_coeff,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VectorMeta:
+        try:
+            model = data.get("model")
+            rec_layers = data.get("recommended_layers")
+            rec_coeff = data.get("recommended_coeff")
+            return cls(
+                model=None if model is None else ModelFingerprint.from_dict(model),
+                method=None if data.get("method") is None else str(data["method"]),
+                source=dict(data.get("source") or {}),
+                layer_norms={int(k): float(v) for k, v in (data.get("layer_norms") or {}).items()},
+                recommended_layers=None if rec_layers is None else tuple(int(x) for x in rec_layers),
+                recommended_coeff=None if rec_coeff is None else float(rec_coeff),
+                extra=dict(data.get("extra") or {}),
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise SteeringSpecError(f"invalid vector metadata: {exc}") from exc
+
+
+def _merge_meta(a: VectorMeta, b: VectorMeta, method: str) -> VectorMeta:
+    if a.model is not None and b.model is not None:
+        why = a.model.difference(b.model)
+        if why is not None:
+            raise ModelMismatchError(
+                f"cannot combine vectors made on different models ({why}); "
+                "re-extract one of them on the other model"
+            )
+    norms = dict(b.layer_norms)
+    norms.update(a.layer_norms)
+    return VectorMeta(model=a.model or b.model, method=method, layer_norms=norms)
+
+
+class SteeringVector:
+    """Per-layer steering directions with metadata; supports ``+``, ``-``, ``*``, ``/``.
+
+    ``SteeringVector({8: t8, 9: t9})`` holds 1-D float tensors of the model's hidden size (or
+    2-D ``(positions, hidden)`` tensors for the per-position ActAdd variant). Tensors are copied
+    to float32 on the CPU; the mapping is read-only.
+    """
+
+    __slots__ = ("_directions", "_meta")
+
+    def __init__(
+        self,
+        directions: Mapping[int, torch.Tensor],
+        meta: VectorMeta | Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(directions, Mapping) or not directions:
+            raise VectorShapeError("a SteeringVector needs a non-empty {layer: tensor} mapping")
+        clean: dict[int, torch.Tensor] = {}
+        hidden = None
+        for layer, tensor in sorted(directions.items(), key=lambda kv: _layer_key(kv[0])):
+            layer = _layer_key(layer)
+            tensor = _check_tensor(layer, tensor)
+            if hidden is not None and tensor.shape[-1] != hidden:
+                raise VectorShapeError(
+                    f"layer {layer} has hidden size {tensor.shape[-1]}, other layers {hidden}"
+                )
+            hidden = tensor.shape[-1]
+            clean[layer] = tensor
+        if meta is None:
+            meta = VectorMeta()
+        elif not isinstance(meta, VectorMeta):
+            meta = VectorMeta.from_dict(meta)
+        if meta.model is not None and meta.model.hidden_size != hidden:
+            raise VectorShapeError(
+                f"directions have hidden size {hidden} but the recorded model "
+                f"{meta.model.name!r} has {meta.model.hidden_size}"
+            )
+        object.__setattr__(self, "_directions", MappingProxyType(clean))
+        object.__setattr__(self, "_meta", meta)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("SteeringVector is immutable")
+
+    # -- accessors ------------------------------------------------------------------------------
+    @property
+    def directions(self) -> Mapping[int, torch.Tensor]:
+        """Read-only ``{layer: float32 tensor}``; do not modify the tensors in place."""
+        return self._directions
+
+    @property
+    def meta(self) -> VectorMeta:
+        return self._meta
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self._directions)
+
+    @property
+    def hidden_size(self) -> int:
+        return next(iter(self._directions.values())).shape[-1]
+
+    @property
+    def is_positional(self) -> bool:
+        """True for the per-position ActAdd form (2-D directions)."""
+        return any(t.ndim == 2 for t in self._directions.values())
+
+    def norms(self) -> dict[int, float]:
+        return {layer: float(t.norm()) for layer, t in self._directions.items()}
+
+    def digest(self) -> str:
+        """A short content hash of the directions, for traces and cache keys."""
+        h = hashlib.sha256()
+        for layer, t in self._directions.items():
+            h.update(f"{layer}:{tuple(t.shape)};".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def with_meta(self, **changes: Any) -> SteeringVector:
+        """A copy with some metadata fields replaced (e.g. ``model=None`` to make it portable)."""
+        return SteeringVector(self._directions, replace(self._meta, **changes))
+
+    # -- algebra --------------------------------------------------------------------------------
+    def select(self, layers: Iterable[int]) -> SteeringVector:
+        """The same vector restricted to ``layers`` (each must be present)."""
+        wanted = [_layer_key(x) for x in layers]
+        missing = [x for x in wanted if x not in self._directions]
+        if missing:
+            raise SteeringSpecError(
+                f"vector has no direction for layer(s) {missing}; it has {_span(self.layers)}"
+            )
+        return SteeringVector({x: self._directions[x] for x in wanted}, self._meta)
+
+    def normalized(self) -> SteeringVector:
+        """Each layer's direction scaled to unit norm (per position for 2-D directions)."""
+        out = {}
+        for layer, t in self._directions.items():
+            norm = t.norm(dim=-1, keepdim=True)
+            out[layer] = torch.where(norm > 0, t / norm.clamp_min(1e-30), t)
+        return SteeringVector(out, self._meta)
+
+    def __add__(self, other: object) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.hidden_size != self.hidden_size:
+            raise VectorShapeError(
+                f"cannot add vectors of hidden size {self.hidden_size} and {other.hidden_size}"
+            )
+        out = dict(self._directions)
+        for layer, t in other.directions.items():
+            out[layer] = _add_aligned(out[layer], t, layer) if layer in out else t
+        return SteeringVector(out, _merge_meta(self._meta, other.meta, "combination"))
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __sub__(self, other: object) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return self + (-other)
+
+    def __mul__(self, coeff: object) -> SteeringVector:
+        if isinstance(coeff, bool) or not isinstance(coeff, int | float):
+            return NotImplemented
+        coeff = float(coeff)
+        if not math.isfinite(coeff):
+            raise NonFiniteError(f"cannot scale a vector by {coeff}")
+        return SteeringVector(
+            {layer: t * coeff for layer, t in self._directions.items()}, self._meta
+        )
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, coeff: object) -> SteeringVector:
+        if isinstance(coeff, bool) or not isinstance(coeff, int | float):
+            return NotImplemented
+        if coeff == 0:
+            raise NonFiniteError("cannot divide a vector by zero")
+        return self * (1.0 / float(coeff))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return (
+            self.layers == other.layers
+            and all(torch.equal(self._directions[k], other.directions[k]) for k in self.layers)
+            and self._meta == other.meta
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        model = self._meta.model.name if self._meta.model else "any model"
+        form = ", per-position" if self.is_positional else ""
+        return (
+            f"SteeringVector(layers={_span(self.layers)}, hidden={self.hidden_size}{form}, "
+            f"method={self._meta.method!r}, model={model!r})"
+        )
+
+    # -- files ----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the native ``.safetensors`` file (JSON metadata in the header; never pickle)."""
+        from .formats import write_native
+
+        write_native(path, self._directions, self._meta.to_dict())
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: ModelFingerprint | None = None,
+        force: bool = False,
+    ) -> SteeringVector:
+        """Read a native file; with ``model``, refuse a vector recorded for another model
+        unless ``force=True``."""
+        from .formats import read_native
+
+        directions, meta = read_native(path)
+        vec = cls(directions, meta)
+        if model is not None:
+            vec.check_model(model, force=force)
+        return vec
+
+    def to_gguf(self, path: str | os.PathLike[str], model_hint: str | None = None) -> None:
+        """Write a llama.cpp / repeng control vector (``direction.N`` float32 tensors)."""
+        from .formats import write_gguf
+
+        if self.is_positional:
+            raise SteeringSpecError("per-position (ActAdd) vectors have no GGUF form")
+        hint = model_hint or (self._meta.model.architecture.lower() if self._meta.model else "")
+        write_gguf(path, self._directions, hint)
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> SteeringVector:
+        """Read a llama.cpp / repeng control vector (no model fingerprint: applies by hidden size)."""
+        from .formats import read_gguf
+
+        directions, meta = read_gguf(path)
+        return cls(directions, VectorMeta(method="gguf", extra=meta))
+
+    def check_model(self, model: ModelFingerprint, *, force: bool = False) -> None:
+        """Raise if this vector cannot apply to ``model``: hidden size always, identity unless
+        ``force``."""
+        if self.hidden_size != model.hidden_size:
+            raise VectorShapeError(
+                f"vector hidden size {self.hidden_size} does not match model {model.name!r} "
+                f"hidden size {model.hidden_size}"
+            )
+        if self._meta.model is not None and not force:
+            why = self._meta.model.difference(model)
+            if why is not None:
+                raise ModelMismatchError(
+                    f"vector was made on {self._meta.model.name!r}, not {model.name!r} ({why}); "
+                    "pass force=True (or Steering(..., force=True)) to apply it anyway, or "
+                    "vector.with_meta(model=None) to make it model-agnostic"
+                )
+
+
+def _layer_key(layer: object) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 0:
+        raise SteeringSpecError(f"layer keys must be non-negative ints, got {layer!r}")
+    return int(layer)
+
+
+def _check_tensor(layer: int, tensor: object) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        try:
+            tensor = torch.as_tensor(tensor)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise VectorShapeError(f"layer {layer}: not a tensor ({exc})") from exc
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
+        raise VectorShapeError(f"layer {layer}: expected a float tensor, got {tensor.dtype}")
+    if tensor.ndim not in (1, 2) or tensor.shape[-1] == 0 or tensor.numel() == 0:
+        raise VectorShapeError(
+            f"layer {layer}: expected shape (hidden,) or (positions, hidden), got "
+            f"{tuple(tensor.shape)}"
+        )
+    out = tensor.detach().to(device="cpu", dtype=torch.float32).clone().contiguous()
+    if not torch.isfinite(out).all():
+        raise NonFiniteError(f"layer {layer}: direction contains NaN or infinity")
+    return out
+
+
+def _add_aligned(a: torch.Tensor, b: torch.Tensor, layer: int) -> torch.Tensor:
+    if a.ndim != b.ndim:
+        raise SteeringSpecError(
+            f"layer {layer}: cannot add a per-position (ActAdd) direction to a plain one"
+        )
+    if a.ndim == 2 and a.shape[0] != b.shape[0]:
+        n = max(a.shape[0], b.shape[0])
+        a = torch.nn.functional.pad(a, (0, 0, 0, n - a.shape[0]))
+        b = torch.nn.functional.pad(b, (0, 0, 0, n - b.shape[0]))
+    return a + b
+
+
+def _span(layers: Iterable[int]) -> str:
+    layers = sorted(layers)
+    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))

@@ -1,0 +1,1 @@
+"""llamaindex_steer: adapters over actsteer.SteeredModel (work in progress; see the issues)."""

@@ -1,0 +1,182 @@
+"""The hook contract on tiny random models of several families: parity, positions, operators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actsteer import Steering, SteeringVector
+from actsteer.hooks import current_state
+
+from conftest import MORE_CONFIGS, build_tiny, random_vector
+
+PROMPTS = ["hello world", "a much longer prompt about the sea", "x", "tell me more"]
+GEN = {"max_new_tokens": 10}
+
+
+def test_zero_vector_is_bit_identical(tiny):
+    zero = SteeringVector({1: torch.zeros(tiny.hidden_size), 2: torch.zeros(tiny.hidden_size)})
+    ids = torch.tensor([tiny.encode("hello world")])
+    plain = tiny.model(ids).logits
+    with tiny.steer(Steering(zero, 3.0)) as plan:
+        assert plan is None  # zero costs zero: nothing is installed for the call
+        steered = tiny.model(ids).logits
+    assert torch.equal(plain, steered)
+    assert tiny.generate("hello world", zero, **GEN) == tiny.generate("hello world", **GEN)
+
+
+def test_nonzero_vector_changes_output(tiny):
+    v = random_vector(tiny, [1, 2], 2.0)
+    assert tiny.generate("hello world", Steering(v), **GEN) != tiny.generate("hello world", **GEN)
+
+
+def test_batch_rows_match_single_calls(tiny):
+    v = random_vector(tiny, [1, 2], 1.0)
+    w = random_vector(tiny, [0, 3], 1.0, seed=7)
+    per_row = [
+        Steering(v),
+        None,
+        Steering(w, 0.5, positions="generated"),
+        [Steering(v, -1.0), Steering(w, operator="ablate")],
+    ]
+    batch = tiny.generate_batch(PROMPTS, per_row, **GEN)
+    singles = [tiny.generate(p, s, **GEN) for p, s in zip(PROMPTS, per_row)]
+    assert batch == singles
+
+
+def test_stream_equals_generate(tiny):
+    v = random_vector(tiny, [1], 1.0)
+    for steering in (None, Steering(v)):
+        text = tiny.generate("tell me more", steering, max_new_tokens=16)
+        pieces = list(tiny.stream("tell me more", steering, max_new_tokens=16))
+        assert "".join(pieces) == text
+
+
+def test_stop_strings_cut_identically_in_stream_and_generate(llama):
+    full = llama.generate("hello world", max_new_tokens=20)
+    stop = full[5:7]  # a string that certainly occurs in the completion
+    cut = llama.generate("hello world", max_new_tokens=20, stop=[stop])
+    assert cut == full[: full.find(stop)]
+    assert "".join(llama.stream("hello world", max_new_tokens=20, stop=[stop])) == cut
+    detail = llama.generate_detailed("hello world", max_new_tokens=20, stop=[stop])
+    assert detail.finish_reason == "stop"
+
+
+def test_generated_positions_leave_prompt_logits_unchanged(tiny):
+    v = random_vector(tiny, [1, 2], 2.0)
+    ids = torch.tensor([tiny.encode("hello world")])
+    plain = tiny.model(ids, use_cache=True)
+    with tiny.steer(Steering(v, positions="generated")):
+        steered = tiny.model(ids, use_cache=True)
+        assert torch.equal(plain.logits, steered.logits)
+        # the next (generated) position is steered, with positions read through the KV cache
+        nxt = plain.logits[:, -1].argmax(-1, keepdim=True)
+        mask = torch.ones(1, ids.shape[1] + 1, dtype=torch.long)
+        step = tiny.model(nxt, cache=steered.past_key_values, attention_mask=mask)
+    ref = tiny.model(nxt, cache=plain.past_key_values, attention_mask=mask)
+    assert not torch.allclose(step.logits, ref.logits)
+
+
+def test_prompt_positions_steer_only_the_prompt(llama):
+    v = random_vector(llama, [1, 2], 2.0)
+    ids = torch.tensor([llama.encode("hello world")])
+    plain = llama.model(ids)
+    with llama.steer(Steering(v, positions="prompt")):
+        steered = llama.model(ids)
+    assert not torch.allclose(plain.logits, steered.logits)
+    # with the prompt steered, decoding continues unsteered: first token may differ, rest runs
+    assert isinstance(llama.generate("hello world", Steering(v, positions="prompt"), **GEN), str)
+
+
+def test_ablate_removes_the_direction(tiny):
+    d = random_vector(tiny, [1, 2], 1.0)
+    states = tiny.hidden_states(["hello world", "tell me more"], [1, 2], steering=Steering(d, operator="ablate"))
+    for layer in (1, 2):
+        unit = d.directions[layer] / d.directions[layer].norm()
+        for h in states[layer]:
+            proj = h @ unit
+            assert proj.abs().max() < 1e-4 * h.norm(dim=-1).max()
+    plain = tiny.hidden_states(["hello world"], [1])
+    assert (plain[1][0] @ (d.directions[1] / d.directions[1].norm())).abs().max() > 1e-3
+
+
+def test_norm_preserving_add_keeps_token_norms(llama):
+    v = random_vector(llama, [2], 1.0)
+    plain = llama.hidden_states(["hello world"], [2])[2][0]
+    steered = llama.hidden_states(
+        ["hello world"], [2], steering=Steering(v, operator="add_norm_preserving")
+    )[2][0]
+    assert torch.allclose(plain.norm(dim=-1), steered.norm(dim=-1), rtol=1e-4)
+    assert not torch.allclose(plain, steered)
+
+
+def test_actadd_positions_touch_only_the_front_of_the_prompt(llama):
+    front = SteeringVector({1: torch.randn(3, llama.hidden_size) * 5})
+    prompt = "a much longer prompt about the sea"
+    plain = llama.hidden_states([prompt], [1])[1][0]
+    steered = llama.hidden_states([prompt], [1], steering=Steering(front, positions="actadd"))[1][0]
+    assert not torch.allclose(plain[:3], steered[:3])
+    assert torch.equal(plain[3:], steered[3:])
+    # left padding in a batch: each row's own first tokens are steered, not the pad positions
+    per_row = [Steering(front, positions="actadd"), None]
+    batch = llama.generate_batch([prompt, "x"], per_row, **GEN)
+    assert batch == [llama.generate(prompt, per_row[0], **GEN), llama.generate("x", **GEN)]
+
+
+def test_relative_coefficients_scale_by_layer_norm(llama):
+    v = random_vector(llama, [0, 3], 0.01)
+    norms = llama.activation_norms()
+    row, _ = llama.row_spec(Steering(v, 0.5, relative=True))
+    deltas = row[("all", "add")][0]
+    for layer in (0, 3):
+        assert deltas[layer].norm().item() == pytest.approx(0.5 * norms[layer], rel=1e-5)
+
+
+def test_vectors_combine_linearly_in_one_call(llama):
+    a = random_vector(llama, [1], 0.5, seed=3)
+    b = random_vector(llama, [1], 0.5, seed=4)
+    combined = llama.generate("hello world", Steering([(a, 1.0), (b, -0.5)]), **GEN)
+    assert combined == llama.generate("hello world", Steering(a - 0.5 * b), **GEN)
+    assert combined == llama.generate("hello world", [Steering(a), Steering(b, -0.5)], **GEN)
+
+
+def test_seeded_sampling_is_reproducible_and_row_independent(llama):
+    kw = {"max_new_tokens": 12, "temperature": 1.0, "top_p": 0.9, "seed": 11}
+    one = llama.generate("hello world", **kw)
+    assert one == llama.generate("hello world", **kw)
+    assert llama.generate_batch(["tell me more", "hello world"], **kw)[1] == one
+
+
+def test_explain_lists_terms_layers_and_sizes(llama):
+    v = random_vector(llama, [1, 2], 1.0)
+    text = llama.explain(Steering(v, 2.0, positions="generated"))
+    assert "positions=generated" in text and "layer   1" in text and "typical activation" in text
+    plan = llama.plan([Steering(v), None])
+    assert "rows=1" in plan.explain()
+
+
+def test_close_removes_every_hook():
+    sm = build_tiny("llama", seed=3)
+    v = random_vector(sm, [1], 3.0)
+    ids = torch.tensor([sm.encode("hello")])
+    plain = sm.model(ids).logits
+    sm.close()
+    assert all(not layer._forward_hooks for layer in sm.layers)
+    assert not sm.stack._forward_pre_hooks
+    with sm.steer(Steering(v)):
+        assert torch.equal(sm.model(ids).logits, plain)
+    assert current_state() is None
+
+
+@pytest.mark.parametrize("kind", sorted(MORE_CONFIGS))
+def test_more_families_find_layers_and_steer(kind):
+    sm = build_tiny(kind)
+    v = random_vector(sm, [0, 1], 1.0)
+    ids = torch.tensor([sm.encode("hello world")])
+    plain = sm.model(ids).logits
+    with sm.steer(Steering(v)):
+        steered = sm.model(ids).logits
+    with sm.steer(Steering(v, 0.0)):
+        zero = sm.model(ids).logits
+    assert torch.equal(plain, zero)
+    assert not torch.allclose(plain, steered)
