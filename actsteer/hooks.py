@@ -1,4 +1,5 @@
-"""The hook machinery: one forward hook per decoder layer, reading a per-call plan from a ContextVar.
+"""The hook machinery: one forward hook per decoder layer, reading a per-call plan from a
+ContextVar.
 
 This is the only module with mutable steering state. Invariants it keeps (each pinned by a test):
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import interventions
-from .errors import GenerationError, SteeringSpecError
+from .errors import GenerationError
 
 #: Operators run in this order inside a layer: remove, then add, then norm-preserving add.
 _OP_ORDER = {"ablate": 0, "add": 1, "add_norm_preserving": 2}
@@ -204,8 +205,12 @@ class CallState:
             else:
                 starts = plan.starts if plan.starts is not None else torch.zeros(batch)
                 rel = pos[None, :] - starts.to(pad_mask.device, torch.long)[:, None]
-                n = max(op.tensor.shape[1] for ops in plan.layers.values() for op in ops
-                        if op.positions == "actadd")
+                n = max(
+                    op.tensor.shape[1]
+                    for ops in plan.layers.values()
+                    for op in ops
+                    if op.positions == "actadd"
+                )
                 m = pad_mask & (rel >= 0) & (rel < n) & (pos < prompt)[None, :]
                 self.rel = rel
             self.masks[mode] = m.unsqueeze(-1).float() if bool(m.any()) else None
@@ -284,9 +289,3 @@ def install(stack: torch.nn.Module, layers: Sequence[torch.nn.Module]) -> list:
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(_make_layer_hook(i)))
     return handles
-
-
-def check_row_keys(row: RowSpec) -> None:
-    for positions, operator in row:
-        if operator not in _OP_ORDER:
-            raise SteeringSpecError(f"unknown operator {operator!r}")

@@ -13,7 +13,9 @@ def add(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return h + delta
 
 
-def ablate(h: torch.Tensor, basis: torch.Tensor, strength: torch.Tensor | float = 1.0) -> torch.Tensor:
+def ablate(
+    h: torch.Tensor, basis: torch.Tensor, strength: torch.Tensor | float = 1.0
+) -> torch.Tensor:
     """Directional ablation: ``h - strength * (h @ Q^T) @ Q`` for orthonormal rows ``Q``.
 
     ``basis`` has shape ``(..., k, hidden)`` with orthonormal (or zero) rows; strength 1 removes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ from .generation import (
     safe_length,
 )
 from .layers import find_layers
-from .spec import Steering, SteeringLike, _sum_aligned
+from .spec import Steering, SteeringLike, Term, _sum_aligned
 from .vector import ModelFingerprint, SteeringVector
 
 Prompt = str | Sequence[Mapping[str, str]] | Sequence[tuple[str, str]]
@@ -65,17 +66,25 @@ class SteeredModel:
         self.tokenizer = tokenizer
         self.stack, layer_list, self.layers_path = find_layers(model, layers_path)
         self.layers: tuple[torch.nn.Module, ...] = tuple(layer_list)
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = (
+            model.config.get_text_config()
+            if hasattr(model.config, "get_text_config")
+            else model.config
+        )
         hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
         template = getattr(tokenizer, "chat_template", None)
         self.fingerprint = ModelFingerprint(
             name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
-            architecture=(getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+            architecture=(getattr(model.config, "architectures", None) or [type(model).__name__])[
+                0
+            ],
             hidden_size=int(hidden),
             num_layers=len(self.layers),
             revision=revision,
             chat_template_hash=(
-                hashlib.sha256(template.encode()).hexdigest()[:16] if isinstance(template, str) else None
+                hashlib.sha256(template.encode()).hexdigest()[:16]
+                if isinstance(template, str)
+                else None
             ),
         )
         pad = tokenizer.pad_token_id
@@ -110,7 +119,9 @@ class SteeredModel:
             model_kwargs["dtype"] = dtype
         if device_map is not None:
             model_kwargs["device_map"] = device_map
-        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, **(tokenizer_kwargs or {}))
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_id, revision=revision, **(tokenizer_kwargs or {})
+        )
         model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, **model_kwargs)
         return cls(model, tokenizer, layers_path=layers_path, name=model_id, revision=revision)
 
@@ -153,14 +164,17 @@ class SteeredModel:
 
     # -- prompts --------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
-        """The exact text sent to the model: raw strings as is, messages through the chat template."""
+        """The exact text sent to the model: a raw string as is, messages through the chat
+        template (with the generation prompt appended)."""
         if isinstance(prompt, str):
             return prompt
         messages = [_message(m) for m in prompt]
         if not messages:
             raise SteeringSpecError("an empty message list cannot be sent to the model")
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
         return text + "assistant:"
 
@@ -191,10 +205,32 @@ class SteeredModel:
         )
 
     def _parse_expression(self, text: str) -> tuple[Steering, ...]:
-        raise SteeringSpecError(
-            f"steering expressions such as {text!r} need the preset library, which is not part "
-            "of this version; pass a SteeringVector or Steering"
-        )
+        """Resolve ``"json:4 + no-disclaimer"``-style expressions: presets (cached per model)
+        and ``file:`` vectors, grouped by the positions their presets ask for."""
+        from . import presets
+        from .expressions import parse
+
+        expression = parse(text)
+        groups: dict[str, list[Term]] = {}
+        for t in expression.terms:
+            label = dataclasses.replace(t, coeff=1.0).canonical()
+            if t.is_file:
+                vec = _load_vector_file(t.path or "", self.fingerprint)
+                if t.layers:
+                    vec = vec.select(t.layers)
+                positions = "all"
+            else:
+                vec = presets.ready_vector(self, t.source, layers=t.layers)
+                positions = presets.get(t.source).positions
+            groups.setdefault(positions, []).append(Term(vec, t.coeff, name=label))
+        return tuple(Steering(terms, positions=pos) for pos, terms in groups.items())
+
+    def preset(self, name: str, *, layers: Sequence[int] | None = None) -> SteeringVector:
+        """A built-in behaviour's vector for this model (extracted once, then cached on disk),
+        on its default layers and scaled so that coefficient 1 is its default strength."""
+        from . import presets
+
+        return presets.ready_vector(self, name, layers=layers)
 
     def activation_norms(self) -> dict[int, float]:
         """Each layer's typical hidden-state norm on neutral text (computed once, then cached)."""
@@ -274,17 +310,41 @@ class SteeredModel:
         *,
         steering: SteeringLike = None,
         batch_size: int = 16,
+        progress: bool | None = None,
     ) -> dict[int, list[torch.Tensor]]:
         """Outputs of ``layers`` (after any steering) for each prompt, without padding:
         ``{layer: [(tokens, hidden), ...]}``. Runs batched; stops after the deepest layer."""
+        return self.hidden_states_of_ids(
+            [self.encode(p) for p in prompts],
+            layers,
+            steering=steering,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    def hidden_states_of_ids(
+        self,
+        encoded: Sequence[Sequence[int]],
+        layers: Sequence[int] | range,
+        *,
+        steering: SteeringLike = None,
+        batch_size: int = 16,
+        progress: bool | None = None,
+    ) -> dict[int, list[torch.Tensor]]:
+        """``hidden_states`` for token-id sequences; a progress bar shows on long reads."""
+        from tqdm.auto import tqdm
+
         layers = sorted(set(layers))
         bad = [x for x in layers if not 0 <= x < self.num_layers]
         if bad or not layers:
             raise LayerError(f"layers {bad or '[]'} out of range 0-{self.num_layers - 1}")
+        if batch_size < 1:
+            raise SteeringSpecError(f"batch_size must be >= 1, got {batch_size}")
         compiled = self.row_spec(steering) if steering is not None else ({}, None)
         out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-        encoded = [self.encode(p) for p in prompts]
-        for start in range(0, len(encoded), batch_size):
+        starts = range(0, len(encoded), batch_size)
+        show = progress if progress is not None else len(starts) > 4
+        for start in tqdm(starts, desc="actsteer: reading activations", disable=not show):
             chunk = encoded[start : start + batch_size]
             ids, mask = self._pad(chunk)
             plan = self._plan_from([compiled] * len(chunk), ids.shape[1], mask)
@@ -314,16 +374,26 @@ class SteeredModel:
     ) -> str:
         """The completion of one prompt (without the prompt), cut at the first stop string."""
         return self.generate_detailed(
-            prompt, steering, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, stop=stop, seed=seed,
+            prompt,
+            steering,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
         ).text
 
-    def generate_detailed(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> Generation:
+    def generate_detailed(
+        self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
+    ) -> Generation:
         """Like ``generate`` but returns text with token counts, finish reason and steering."""
         return self.generate_batch_detailed([prompt], [steering], **kw)[0]
 
     def generate_batch(
-        self, prompts: Sequence[Prompt], steering: SteeringLike | Sequence[SteeringLike] = None, **kw: Any
+        self,
+        prompts: Sequence[Prompt],
+        steering: SteeringLike | Sequence[SteeringLike] = None,
+        **kw: Any,
     ) -> list[str]:
         """One batched, left-padded generate; ``steering`` is one spec for all rows or a list
         with one spec (or None) per row."""
@@ -353,11 +423,15 @@ class SteeredModel:
         compiled = [self.row_spec(s) for s in per_row]
         plan = self._plan_from(compiled, ids.shape[1], mask)
         cancel = cancel or threading.Event()
-        out = self._generate_ids(ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, cancel)
+        out = self._generate_ids(
+            ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, cancel
+        )
         results = []
         for row, tokens in enumerate(encoded):
             new = out[row, ids.shape[1] :].tolist()
-            results.append(self._finish(tokens, new, stop, max_new_tokens, cancel, compiled[row][1]))
+            results.append(
+                self._finish(tokens, new, stop, max_new_tokens, cancel, compiled[row][1])
+            )
         return results
 
     def stream(
@@ -380,17 +454,39 @@ class SteeredModel:
         ids, mask = self._pad([tokens])
         compiled = [self.row_spec(steering)]
         plan = self._plan_from(compiled, ids.shape[1], mask)
-        return self._stream(ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed,
-                            timeout, cancel or threading.Event())
+        return self._stream(
+            ids,
+            mask,
+            plan,
+            max_new_tokens,
+            temperature,
+            top_p,
+            stop,
+            seed,
+            timeout,
+            cancel or threading.Event(),
+        )
 
-    def _stream(self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, timeout, cancel):
+    def _stream(
+        self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, timeout, cancel
+    ):
         streamer = TokenQueue()
         failure: list[BaseException] = []
 
         def work() -> None:
             try:
-                self._generate_ids(ids, mask, plan, max_new_tokens, temperature, top_p, stop,
-                                   seed, cancel, streamer)
+                self._generate_ids(
+                    ids,
+                    mask,
+                    plan,
+                    max_new_tokens,
+                    temperature,
+                    top_p,
+                    stop,
+                    seed,
+                    cancel,
+                    streamer,
+                )
             except BaseException as exc:  # re-raised in the consumer
                 failure.append(exc)
             finally:
@@ -434,12 +530,17 @@ class SteeredModel:
         """``generate`` in a worker thread; cancelling the task stops the generation."""
         return (await self.agenerate_detailed(prompt, steering, **kw)).text
 
-    async def agenerate_detailed(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> Generation:
+    async def agenerate_detailed(
+        self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
+    ) -> Generation:
         results = await self.agenerate_batch_detailed([prompt], [steering], **kw)
         return results[0]
 
     async def agenerate_batch_detailed(
-        self, prompts: Sequence[Prompt], steering: SteeringLike | Sequence[SteeringLike] = None, **kw: Any
+        self,
+        prompts: Sequence[Prompt],
+        steering: SteeringLike | Sequence[SteeringLike] = None,
+        **kw: Any,
     ) -> list[Generation]:
         """``generate_batch_detailed`` without blocking the event loop."""
         cancel = threading.Event()
@@ -451,7 +552,9 @@ class SteeredModel:
             cancel.set()
             raise
 
-    async def astream(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> AsyncIterator[str]:
+    async def astream(
+        self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
+    ) -> AsyncIterator[str]:
         """``stream`` for asyncio: pieces arrive without blocking the event loop."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -509,8 +612,9 @@ class SteeredModel:
         )
         return None if plan is None else plan.to(self._layer_devices, self._layer_dtypes)
 
-    def _generate_ids(self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed,
-                      cancel, streamer=None) -> torch.Tensor:
+    def _generate_ids(
+        self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, cancel, streamer=None
+    ) -> torch.Tensor:
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -552,6 +656,12 @@ class SteeredModel:
         return Generation(text, len(prompt), used, reason, steering)
 
 
+def _load_vector_file(path: str, model: ModelFingerprint) -> SteeringVector:
+    if path.lower().endswith(".gguf"):
+        return SteeringVector.from_gguf(path)
+    return SteeringVector.load(path, model=model)
+
+
 def _until_eos(new: Sequence[int], eos: Sequence[int]) -> list[int]:
     for i, t in enumerate(new):
         if t in eos:
@@ -564,7 +674,9 @@ def _message(m: object) -> dict[str, str]:
         return {"role": str(m["role"]), "content": str(m["content"])}
     if isinstance(m, tuple) and len(m) == 2:
         return {"role": str(m[0]), "content": str(m[1])}
-    raise SteeringSpecError(f"a message must be {{'role', 'content'}} or (role, content), got {m!r}")
+    raise SteeringSpecError(
+        f"a message must be {{'role', 'content'}} or (role, content), got {m!r}"
+    )
 
 
 def _per_row(steering: object, n: int) -> list[SteeringLike]:
@@ -576,7 +688,11 @@ def _per_row(steering: object, n: int) -> list[SteeringLike]:
 
 
 def _check_options(max_new_tokens, temperature, top_p, stop) -> tuple[str, ...]:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
         raise SteeringSpecError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not (isinstance(temperature, int | float) and 0.0 <= temperature < float("inf")):
         raise SteeringSpecError(f"temperature must be >= 0, got {temperature!r}")

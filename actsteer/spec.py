@@ -10,7 +10,7 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
@@ -38,7 +38,9 @@ class Term:
 
     def __post_init__(self) -> None:
         if not isinstance(self.vector, SteeringVector):
-            raise SteeringSpecError(f"a term needs a SteeringVector, got {type(self.vector).__name__}")
+            raise SteeringSpecError(
+                f"a term needs a SteeringVector, got {type(self.vector).__name__}"
+            )
         object.__setattr__(self, "coeff", _finite(self.coeff, "term coefficient"))
 
     def label(self) -> str:
@@ -148,7 +150,7 @@ class Steering:
             c = t.coeff * (1.0 if self.operator == "ablate" else self.coeff)
             sign = "-" if c < 0 else "+"
             mag = abs(c)
-            body = t.label() if mag == 1.0 else f"{_fmt(mag)}*{t.label()}"
+            body = t.label() if mag == 1.0 else f"{t.label()}:{_fmt(mag)}"
             parts.append((sign if i or sign == "-" else "") + body)
         text = " ".join(parts).replace(" +", " + ").replace(" -", " - ")
         opts = []
@@ -246,7 +248,7 @@ class Steering:
         return out
 
 
-SteeringLike = Union[SteeringVector, Steering, str, Sequence["SteeringVector | Steering | str"], None]
+SteeringLike = SteeringVector | Steering | str | Sequence[SteeringVector | Steering | str] | None
 
 
 def _iter_terms(x: object) -> Iterable[object]:

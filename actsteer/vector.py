@@ -11,6 +11,7 @@ import hashlib
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -52,7 +53,9 @@ class ModelFingerprint:
                 num_layers=int(data["num_layers"]),
                 revision=None if data.get("revision") is None else str(data["revision"]),
                 chat_template_hash=(
-                    None if data.get("chat_template_hash") is None else str(data["chat_template_hash"])
+                    None
+                    if data.get("chat_template_hash") is None
+                    else str(data["chat_template_hash"])
                 ),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -112,7 +115,9 @@ class VectorMeta:
                 method=None if data.get("method") is None else str(data["method"]),
                 source=dict(data.get("source") or {}),
                 layer_norms={int(k): float(v) for k, v in (data.get("layer_norms") or {}).items()},
-                recommended_layers=None if rec_layers is None else tuple(int(x) for x in rec_layers),
+                recommended_layers=None
+                if rec_layers is None
+                else tuple(int(x) for x in rec_layers),
                 recommended_coeff=None if rec_coeff is None else float(rec_coeff),
                 extra=dict(data.get("extra") or {}),
             )
@@ -316,18 +321,40 @@ class SteeringVector:
             vec.check_model(model, force=force)
         return vec
 
-    def to_gguf(self, path: str | os.PathLike[str], model_hint: str | None = None) -> None:
-        """Write a llama.cpp / repeng control vector (``direction.N`` float32 tensors)."""
+    def to_gguf(
+        self,
+        path: str | os.PathLike[str],
+        model_hint: str | None = None,
+        *,
+        keep_layer0: bool = False,
+    ) -> None:
+        """Write a llama.cpp / repeng control vector (``direction.N`` float32 tensors).
+
+        llama.cpp never steers layer 0 and rejects a file containing ``direction.0``, so layer 0
+        is left out (with a warning) unless ``keep_layer0=True`` (repeng reads it).
+        """
         from .formats import write_gguf
 
         if self.is_positional:
             raise SteeringSpecError("per-position (ActAdd) vectors have no GGUF form")
+        directions = dict(self._directions)
+        if 0 in directions and not keep_layer0:
+            warnings.warn(
+                "layer 0 left out of the GGUF: llama.cpp never steers it and rejects files that "
+                "contain direction.0 (pass keep_layer0=True to write it for repeng)",
+                UserWarning,
+                stacklevel=2,
+            )
+            del directions[0]
+        if not directions:
+            raise SteeringSpecError("nothing to export: the vector only has layer 0")
         hint = model_hint or (self._meta.model.architecture.lower() if self._meta.model else "")
-        write_gguf(path, self._directions, hint)
+        write_gguf(path, directions, hint)
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> SteeringVector:
-        """Read a llama.cpp / repeng control vector (no model fingerprint: applies by hidden size)."""
+        """Read a llama.cpp / repeng control vector; it has no model fingerprint, so it applies
+        to any model of its hidden size."""
         from .formats import read_gguf
 
         directions, meta = read_gguf(path)

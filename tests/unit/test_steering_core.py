@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MORE_CONFIGS, build_tiny, random_vector
 
 from actsteer import Steering, SteeringVector
 from actsteer.hooks import current_state
-
-from conftest import MORE_CONFIGS, build_tiny, random_vector
 
 PROMPTS = ["hello world", "a much longer prompt about the sea", "x", "tell me more"]
 GEN = {"max_new_tokens": 10}
@@ -90,7 +89,9 @@ def test_prompt_positions_steer_only_the_prompt(llama):
 
 def test_ablate_removes_the_direction(tiny):
     d = random_vector(tiny, [1, 2], 1.0)
-    states = tiny.hidden_states(["hello world", "tell me more"], [1, 2], steering=Steering(d, operator="ablate"))
+    states = tiny.hidden_states(
+        ["hello world", "tell me more"], [1, 2], steering=Steering(d, operator="ablate")
+    )
     for layer in (1, 2):
         unit = d.directions[layer] / d.directions[layer].norm()
         for h in states[layer]:

@@ -1,0 +1,296 @@
+"""The ``actsteer`` command line: demo, extract, generate, inspect, export, import, presets.
+
+Conventions: ``--help`` everywhere, ``--model`` (default: the embedded SmolLM2), ``--steer EXPR``,
+``--json`` for machine-readable output, progress bars on long work, and a one-line error with a
+non-zero exit status on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ActsteerError
+
+EXIT_BAD_INPUT = 2
+
+
+def _model(args: argparse.Namespace):
+    from .model import SteeredModel
+
+    if getattr(args, "model", None):
+        return SteeredModel.from_pretrained(args.model)
+    return SteeredModel.default()
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    from .expressions import parse
+
+    expr = parse(f"x@{text}")
+    return list(expr.terms[0].layers or ())
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from . import presets
+
+    rows = [
+        {
+            "name": p.name,
+            "method": p.method,
+            "layers": list(p.layers),
+            "coeff": p.coeff,
+            "scale": p.scale,
+            "check": p.check,
+            "description": p.description,
+        }
+        for p in presets.list()
+    ]
+    width = max(len(r["name"]) for r in rows)
+    text = "\n".join(f"{r['name']:<{width}}  {r['method']:<15} {r['description']}" for r in rows)
+    _emit(args, rows, text)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    sm = _model(args)
+    prompt: Any = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    if args.chat and args.system:
+        prompt.insert(0, {"role": "system", "content": args.system})
+    kw = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+    start = time.perf_counter()
+    if args.stream and not args.json:
+        for piece in sm.stream(prompt, args.steer, **kw):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    g = sm.generate_detailed(prompt, args.steer, **kw)
+    data = {
+        "text": g.text,
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+        "finish_reason": g.finish_reason,
+        "steering": g.steering,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    _emit(args, data, g.text)
+    return 0
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    """Pairs from JSON (``[[pos, neg], ...]`` or ``[{"positive", "negative"}]``) or JSONL."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError:
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    pairs = []
+    for item in items:
+        if isinstance(item, dict):
+            pairs.append((str(item["positive"]), str(item["negative"])))
+        else:
+            pos, neg = item
+            pairs.append((str(pos), str(neg)))
+    return pairs
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from . import extract
+
+    sm = _model(args)
+    layers = _layers(args.layers)
+    start = time.perf_counter()
+    if args.method in ("mean_diff", "pca"):
+        if not args.pairs:
+            raise ActsteerError(f"--method {args.method} needs --pairs FILE")
+        fn = extract.mean_diff if args.method == "mean_diff" else extract.pca
+        vec = fn(sm, _read_pairs(args.pairs), layers, progress=True)
+    elif args.method == "actadd":
+        if args.positive is None or args.negative is None:
+            raise ActsteerError("--method actadd needs --positive and --negative")
+        vec = extract.actadd(sm, args.positive, args.negative, layers)
+    else:
+        if not args.system_prompt:
+            raise ActsteerError("--method prompt_template needs --system-prompt TEXT")
+        inputs = Path(args.inputs).read_text().splitlines() if args.inputs else None
+        vec = extract.prompt_template(sm, args.system_prompt, inputs, layers, progress=True)
+    vec.save(args.output)
+    data = {
+        "output": args.output,
+        "layers": list(vec.layers),
+        "method": vec.meta.method,
+        "seconds": round(time.perf_counter() - start, 3),
+        "digest": vec.digest(),
+    }
+    _emit(args, data, f"wrote {args.output}: {vec!r} in {data['seconds']} s")
+    return 0
+
+
+def _load_any(path: str):
+    from .vector import SteeringVector
+
+    return (
+        SteeringVector.from_gguf(path)
+        if path.lower().endswith(".gguf")
+        else SteeringVector.load(path)
+    )
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    vec = _load_any(args.file)
+    meta = vec.meta.to_dict()
+    meta.pop("source", None) if not args.full else None
+    data = {
+        "file": args.file,
+        "layers": list(vec.layers),
+        "hidden_size": vec.hidden_size,
+        "norms": {str(k): round(v, 4) for k, v in vec.norms().items()},
+        "digest": vec.digest(),
+        "meta": meta,
+    }
+    lines = [repr(vec), f"digest {vec.digest()}"]
+    norms = vec.meta.layer_norms
+    for layer, n in vec.norms().items():
+        ref = norms.get(layer)
+        lines.append(
+            f"  layer {layer:>3}: |d| = {n:.4f}"
+            + (f"  ({n / ref:.3f}x typical {ref:.2f})" if ref else "")
+        )
+    if vec.meta.recommended_coeff is not None:
+        lines.append(f"recommended coefficient {vec.meta.recommended_coeff:g}")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    vec = _load_any(args.file)
+    vec.to_gguf(args.gguf, model_hint=args.model_hint, keep_layer0=args.keep_layer0)
+    _emit(args, {"output": args.gguf}, f"wrote {args.gguf} (llama.cpp --control-vector format)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .vector import SteeringVector
+
+    vec = SteeringVector.from_gguf(args.file)
+    if args.model or args.record_model:
+        sm = _model(args)
+        vec.check_model(sm.fingerprint)
+        vec = vec.with_meta(model=sm.fingerprint, layer_norms=sm.activation_norms())
+    vec.save(args.output)
+    _emit(
+        args, {"output": args.output, "layers": list(vec.layers)}, f"wrote {args.output}: {vec!r}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    sm = _model(args)
+    data = run_demo(sm, max_new_tokens=args.max_new_tokens, quiet=args.json)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="actsteer", description="Steering vectors for local LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_: str, model: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        if model:
+            p.add_argument(
+                "--model", help="Hugging Face model id or path (default: embedded SmolLM2)"
+            )
+        return p
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "side-by-side: unsteered, system prompt, template vector, contrastive vectors",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=40)
+
+    p = add("generate", cmd_generate, "complete a prompt, optionally steered")
+    p.add_argument("prompt")
+    p.add_argument(
+        "--steer", help='steering expression, e.g. "love:2 - formal" or "file:v.safetensors:2"'
+    )
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user message")
+    p.add_argument("--system", help="system prompt (with --chat)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--stream", action="store_true")
+
+    p = add("extract", cmd_extract, "extract a vector and save it (.safetensors)")
+    p.add_argument(
+        "--method", choices=["mean_diff", "pca", "actadd", "prompt_template"], default="mean_diff"
+    )
+    p.add_argument("--pairs", help="JSON/JSONL file of [positive, negative] pairs")
+    p.add_argument("--positive")
+    p.add_argument("--negative")
+    p.add_argument("--system-prompt")
+    p.add_argument("--inputs", help="text file of user inputs, one per line (prompt_template)")
+    p.add_argument("--layers", help="e.g. 6 or 4-8 or 2,4,6-9 (default: all)")
+    p.add_argument("-o", "--output", required=True)
+
+    p = add("inspect", cmd_inspect, "show a vector file's layers, norms and metadata", model=False)
+    p.add_argument("file")
+    p.add_argument("--full", action="store_true", help="include the source prompts")
+
+    p = add(
+        "export",
+        cmd_export,
+        "write a vector as a llama.cpp / repeng GGUF control vector",
+        model=False,
+    )
+    p.add_argument("file")
+    p.add_argument("--gguf", required=True, help="output .gguf path")
+    p.add_argument("--model-hint", default=None)
+    p.add_argument("--keep-layer0", action="store_true")
+
+    p = add("import", cmd_import, "read a GGUF control vector into actsteer's format")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument(
+        "--record-model", action="store_true", help="record the (default) model's fingerprint"
+    )
+
+    add("presets", cmd_presets, "list the built-in presets", model=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ActsteerError, OSError, KeyError, ValueError) as exc:
+        print(f"actsteer: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Where vectors come from: contrastive reads of a model's own activations.
+
+Every method reads unsteered hidden states through ``SteeredModel.hidden_states`` (batched,
+left-padded, padding-aware, stopping after the deepest layer read, so a batch gives the same
+vector as one-by-one reads) and returns a ``SteeringVector`` whose metadata records the method,
+its inputs (and their hash), the model fingerprint and each layer's typical activation norm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Literal
+
+import torch
+
+from .data import neutral_inputs
+from .errors import SteeringSpecError
+from .model import Prompt, SteeredModel
+from .vector import SteeringVector, VectorMeta
+
+Read = Literal["last", "mean"]
+
+
+def _pooled(states: list[torch.Tensor], read: Read) -> torch.Tensor:
+    """One vector per prompt: its last token, or the mean over its tokens after the first (the
+    first token of a sequence is an attention sink with outsized activations)."""
+    if read == "last":
+        return torch.stack([h[-1] for h in states])
+    if read == "mean":
+        return torch.stack([(h[1:] if h.shape[0] > 1 else h).mean(0) for h in states])
+    raise SteeringSpecError(f"read must be 'last' or 'mean', got {read!r}")
+
+
+def _layers(sm: SteeredModel, layers: Iterable[int] | None) -> list[int]:
+    chosen = sorted(set(layers)) if layers is not None else list(range(sm.num_layers))
+    if not chosen:
+        raise SteeringSpecError("no layers to extract")
+    return chosen
+
+
+def _meta(sm: SteeredModel, method: str, source: dict, layers: list[int]) -> VectorMeta:
+    norms = sm.activation_norms()
+    blob = json.dumps(source, sort_keys=True, default=str).encode()
+    source = dict(source, sha256=hashlib.sha256(blob).hexdigest()[:16])
+    return VectorMeta(
+        model=sm.fingerprint,
+        method=method,
+        source=source,
+        layer_norms={layer: norms[layer] for layer in layers},
+    )
+
+
+def _check_pairs(pairs: Sequence[tuple[Prompt, Prompt]], method: str) -> None:
+    if not pairs:
+        raise SteeringSpecError(f"{method} needs at least one (positive, negative) pair")
+    for pair in pairs:
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise SteeringSpecError(
+                f"{method}: each pair must be (positive, negative), got {pair!r}"
+            )
+
+
+def pair_differences(
+    sm: SteeredModel,
+    pairs: Sequence[tuple[Prompt, Prompt]],
+    layers: Iterable[int] | None = None,
+    *,
+    read: Read = "mean",
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> dict[int, torch.Tensor]:
+    """``{layer: (pairs, hidden)}`` of pooled ``act(positive) - act(negative)``."""
+    chosen = _layers(sm, layers)
+    prompts = [p for p, _ in pairs] + [n for _, n in pairs]
+    states = sm.hidden_states(prompts, chosen, batch_size=batch_size, progress=progress)
+    n = len(pairs)
+    return {
+        layer: _pooled(states[layer][:n], read) - _pooled(states[layer][n:], read)
+        for layer in chosen
+    }
+
+
+def mean_diff(
+    sm: SteeredModel,
+    pairs: Sequence[tuple[Prompt, Prompt]],
+    layers: Iterable[int] | None = None,
+    *,
+    read: Read = "mean",
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """Contrastive mean difference (CAA, Rimsky et al. 2023): the mean over pairs of
+    ``act(positive) - act(negative)``, read at the last token or averaged over tokens."""
+    _check_pairs(pairs, "mean_diff")
+    diffs = pair_differences(sm, pairs, layers, read=read, batch_size=batch_size, progress=progress)
+    directions = {layer: d.mean(0) for layer, d in diffs.items()}
+    source = {"pairs": [[str(p), str(n)] for p, n in pairs], "read": read}
+    return SteeringVector(directions, _meta(sm, "mean_diff", source, sorted(diffs)))
+
+
+def pca(
+    sm: SteeredModel,
+    pairs: Sequence[tuple[Prompt, Prompt]],
+    layers: Iterable[int] | None = None,
+    *,
+    read: Read = "last",
+    center: bool = False,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """First principal component of the pair differences (RepE / repeng ``pca_diff``).
+
+    The sign is fixed so that positives project higher than their negatives for most pairs; the
+    direction is scaled to the mean projection of the differences, so its magnitude matches a
+    mean-difference vector's. ``center=True`` subtracts the mean difference first, as repeng's
+    sklearn PCA does; the default (uncentered) also works for a single pair.
+    """
+    _check_pairs(pairs, "pca")
+    diffs = pair_differences(sm, pairs, layers, read=read, batch_size=batch_size, progress=progress)
+    directions = {}
+    for layer, d in diffs.items():
+        x = d.double()
+        if center:
+            x = x - x.mean(0, keepdim=True)
+        if not bool(x.abs().sum() > 0):
+            raise SteeringSpecError(f"layer {layer}: all pair differences are zero")
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        direction = vh[0]
+        proj = d.double() @ direction
+        if (proj > 0).double().mean() < 0.5 or (
+            (proj > 0).double().mean() == 0.5 and proj.sum() < 0
+        ):
+            direction, proj = -direction, -proj
+        directions[layer] = (direction * proj.abs().mean()).float()
+    source = {"pairs": [[str(p), str(n)] for p, n in pairs], "read": read, "center": center}
+    return SteeringVector(directions, _meta(sm, "pca", source, sorted(diffs)))
+
+
+def actadd(
+    sm: SteeredModel,
+    positive: Prompt,
+    negative: Prompt,
+    layers: Iterable[int] | None = None,
+    *,
+    form: Literal["mean", "positional"] = "mean",
+    read: Read = "mean",
+) -> SteeringVector:
+    """ActAdd (Turner et al. 2023) from one prompt pair, e.g. ``actadd(sm, "Love", "Hate")``.
+
+    ``form="mean"`` pools each prompt (a vector for any positions). ``form="positional"`` keeps
+    the per-position difference ``(tokens, hidden)``, the paper's original variant: apply it with
+    ``Steering(v, positions="actadd")`` to add it to the first tokens of the prompt. The shorter
+    prompt is right-padded with space tokens, as the paper's code does.
+    """
+    if form == "mean":
+        vec = mean_diff(sm, [(positive, negative)], layers, read=read)
+        return SteeringVector(vec.directions, replace(vec.meta, method="actadd"))
+    if form != "positional":
+        raise SteeringSpecError(f"form must be 'mean' or 'positional', got {form!r}")
+    chosen = _layers(sm, layers)
+    pos, neg = sm.encode(positive), sm.encode(negative)
+    space = sm.tokenizer(" ", add_special_tokens=False)["input_ids"] or [sm.pad_token_id]
+    width = max(len(pos), len(neg))
+    pos = pos + space[-1:] * (width - len(pos))
+    neg = neg + space[-1:] * (width - len(neg))
+    states = sm.hidden_states_of_ids([pos, neg], chosen)
+    directions = {layer: states[layer][0] - states[layer][1] for layer in chosen}
+    source = {"positive": str(positive), "negative": str(negative), "form": form}
+    return SteeringVector(directions, _meta(sm, "actadd", source, chosen))
+
+
+def prompt_template(
+    sm: SteeredModel,
+    system_prompt: str,
+    inputs: Sequence[str] | None = None,
+    layers: Iterable[int] | None = None,
+    *,
+    read: Literal["suffix", "last"] = "suffix",
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """Compile a system prompt (or a user-prompt template containing ``{input}``) into a vector.
+
+    For each user input, the *with* side is the chat the deployment would send with the system
+    prompt (or with the input placed into the template), the *without* side exactly what a call
+    without it sends (through the same chat template, including any default system prompt the
+    template inserts). The vector is the mean difference of hidden states over the tokens both
+    sides share at their end (the user turn and the assistant header), or only the last token.
+    """
+    if not isinstance(system_prompt, str) or not system_prompt.strip():
+        raise SteeringSpecError("prompt_template needs a non-empty system prompt or template")
+    inputs = list(inputs) if inputs is not None else neutral_inputs()
+    if not inputs:
+        raise SteeringSpecError("prompt_template needs at least one user input")
+    chosen = _layers(sm, layers)
+    is_template = "{input}" in system_prompt
+    with_side, without_side = [], []
+    for text in inputs:
+        without_side.append([{"role": "user", "content": text}])
+        if is_template:
+            with_side.append([{"role": "user", "content": system_prompt.replace("{input}", text)}])
+        else:
+            with_side.append(
+                [{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
+            )
+    with_ids = [sm.encode(m) for m in with_side]
+    without_ids = [sm.encode(m) for m in without_side]
+    states = sm.hidden_states_of_ids(
+        with_ids + without_ids, chosen, batch_size=batch_size, progress=progress
+    )
+    n = len(inputs)
+    directions = {}
+    for layer in chosen:
+        diffs = []
+        for i in range(n):
+            a, b = states[layer][i], states[layer][n + i]
+            k = 1 if read == "last" else _common_suffix(with_ids[i], without_ids[i])
+            if k == 0:
+                raise SteeringSpecError(
+                    "with and without the prompt share no final tokens; use read='last'"
+                )
+            diffs.append((a[-k:] - b[-k:]).mean(0))
+        directions[layer] = torch.stack(diffs).mean(0)
+    source = {
+        "system_prompt": system_prompt,
+        "template": is_template,
+        "inputs": len(inputs),
+        "inputs_sha256": hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:16],
+        "read": read,
+        "prompt_tokens_saved": sum(len(a) - len(b) for a, b in zip(with_ids, without_ids)) / n,
+    }
+    meta = replace(_meta(sm, "prompt_template", source, chosen), recommended_coeff=1.0)
+    return SteeringVector(directions, meta)
+
+
+def _common_suffix(a: Sequence[int], b: Sequence[int]) -> int:
+    k = 0
+    while k < min(len(a), len(b)) and a[-1 - k] == b[-1 - k]:
+        k += 1
+    return k

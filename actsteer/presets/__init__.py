@@ -1,0 +1,226 @@
+"""Built-in behaviours as data (one JSON file each) and the on-disk cache of their vectors.
+
+A preset names a method and its inputs (pairs or a system prompt), default layers as fractions of
+depth (so it transfers across model sizes), a default coefficient and the id of the behaviour
+check that evaluates it. Its vector is extracted on first use for a model and cached under
+``cache_root()/vectors``, keyed by the model fingerprint and the preset's content hash; a corrupt
+or unreadable cache entry is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import SteeringSpecError, VectorFileError
+from ..vector import SteeringVector
+
+if TYPE_CHECKING:
+    from ..model import SteeredModel
+
+_FIELDS = {
+    "name",
+    "description",
+    "method",
+    "pairs",
+    "system_prompt",
+    "inputs",
+    "read",
+    "layers",
+    "coeff",
+    "scale",
+    "positions",
+    "check",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A built-in behaviour: how to extract its vector and how to apply it by default."""
+
+    name: str
+    description: str
+    method: Literal["mean_diff", "pca", "prompt_template"]
+    layers: tuple[float, float]
+    coeff: float
+    check: str
+    scale: Literal["relative", "raw"] = "raw"
+    positions: str = "all"
+    read: str | None = None
+    pairs: tuple[tuple[str, str], ...] = ()
+    system_prompt: str | None = None
+    inputs: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of everything that determines the extracted vector."""
+        blob = json.dumps(
+            [self.method, self.read, self.pairs, self.system_prompt, self.inputs],
+            sort_keys=True,
+        ).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The default layers on a model of ``num_layers`` decoder blocks."""
+        lo, hi = (round(f * (num_layers - 1)) for f in self.layers)
+        return builtins.list(range(max(0, lo), min(num_layers - 1, hi) + 1))
+
+
+def _parse(name: str, data: dict[str, Any]) -> Preset:
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise SteeringSpecError(f"preset {name!r}: unknown fields {sorted(unknown)}")
+    try:
+        return Preset(
+            name=data["name"],
+            description=data["description"],
+            method=data["method"],
+            layers=(float(data["layers"][0]), float(data["layers"][1])),
+            coeff=float(data["coeff"]),
+            check=data["check"],
+            scale=data.get("scale", "raw"),
+            positions=data.get("positions", "all"),
+            read=data.get("read"),
+            pairs=tuple((str(p), str(n)) for p, n in data.get("pairs", ())),
+            system_prompt=data.get("system_prompt"),
+            inputs=tuple(data["inputs"]) if data.get("inputs") else None,
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise SteeringSpecError(f"preset {name!r} is malformed: {exc}") from exc
+
+
+@cache
+def _all() -> dict[str, Preset]:
+    out = {}
+    for entry in sorted(resources.files(__package__).iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".json"):
+            preset = _parse(entry.name, json.loads(entry.read_text(encoding="utf-8")))
+            out[preset.name] = preset
+    return out
+
+
+def list() -> builtins.list[Preset]:
+    """Every built-in preset, sorted by name."""
+    return builtins.list(_all().values())
+
+
+def names() -> builtins.list[str]:
+    return sorted(_all())
+
+
+def get(name: str) -> Preset:
+    """The preset called ``name``; an unknown name gets a "did you mean" hint."""
+    presets = _all()
+    if name in presets:
+        return presets[name]
+    from ..expressions import suggest
+
+    hint = suggest(name, presets)
+    raise SteeringSpecError(
+        f"unknown preset {name!r}"
+        + (f"; did you mean {hint!r}?" if hint else "")
+        + f" (presets: {', '.join(sorted(presets))})"
+    )
+
+
+def cache_path(sm: SteeredModel, preset: Preset) -> Path:
+    from ..default_model import cache_root
+
+    fp = json.dumps(sm.fingerprint.to_dict(), sort_keys=True).encode()
+    model_key = hashlib.sha256(fp).hexdigest()[:12]
+    short = "".join(c if c.isalnum() or c in "-_." else "_" for c in sm.fingerprint.name)[-48:]
+    return (
+        cache_root()
+        / "vectors"
+        / f"{short}-{model_key}"
+        / f"{preset.name}-{preset.content_hash}.safetensors"
+    )
+
+
+def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> SteeringVector:
+    """Run the preset's extraction on ``sm`` at every layer (no cache), so expressions such as
+    ``french@8-14`` can pick any layers; the default layers are recorded in the metadata."""
+    from .. import extract as ex
+
+    layers = builtins.list(range(sm.num_layers))
+    if preset.method == "prompt_template":
+        vec = ex.prompt_template(
+            sm,
+            preset.system_prompt or "",
+            preset.inputs,
+            layers,
+            read=preset.read or "suffix",
+            progress=progress,
+        )
+    elif preset.method in ("mean_diff", "pca"):
+        fn = ex.mean_diff if preset.method == "mean_diff" else ex.pca
+        vec = fn(
+            sm, builtins.list(preset.pairs), layers, read=preset.read or "mean", progress=progress
+        )
+    else:
+        raise SteeringSpecError(f"preset {preset.name!r}: unknown method {preset.method!r}")
+    extra = {"preset": preset.name, "preset_hash": preset.content_hash, "check": preset.check}
+    return vec.with_meta(
+        recommended_layers=tuple(preset.layer_indices(sm.num_layers)),
+        recommended_coeff=preset.coeff,
+        extra={**vec.meta.extra, **extra},
+    )
+
+
+def load_or_extract(
+    sm: SteeredModel, preset: Preset, progress: bool | None = None
+) -> SteeringVector:
+    """The preset's raw vector for ``sm``: from the cache when valid, else extracted and cached."""
+    path = cache_path(sm, preset)
+    if path.is_file():
+        try:
+            vec = SteeringVector.load(path, model=sm.fingerprint)
+            if vec.meta.extra.get("preset_hash") == preset.content_hash:
+                return vec
+        except (VectorFileError, SteeringSpecError, ValueError):
+            pass  # corrupt or foreign entry: recompute below and overwrite it
+    vec = extract(sm, preset, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        vec.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return vec
+
+
+def ready_vector(
+    sm: SteeredModel,
+    name: str,
+    layers: builtins.list[int] | tuple[int, ...] | None = None,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """The preset's vector on its default layers (or ``layers``), scaled so that coefficient 1 is
+    its default strength: ``json:4`` is then four times the default."""
+    preset = get(name)
+    raw = load_or_extract(sm, preset, progress=progress)
+    vec = raw.select(layers if layers is not None else preset.layer_indices(sm.num_layers))
+    if preset.scale == "relative":
+        norms = sm.activation_norms()
+        vec = SteeringVector(
+            {
+                x: d / d.norm().clamp_min(1e-12) * norms[x] * preset.coeff
+                for x, d in vec.directions.items()
+            },
+            vec.meta,
+        )
+    else:
+        vec = vec * preset.coeff
+    return vec.with_meta(recommended_coeff=1.0)

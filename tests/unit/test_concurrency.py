@@ -1,0 +1,137 @@
+"""Per-call steering under threads and asyncio, and no trace after failures or cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from conftest import build_tiny, random_vector
+
+from actsteer import Steering
+from actsteer.hooks import current_state
+
+GEN = {"max_new_tokens": 8}
+PROMPTS = [f"prompt number {i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def sm():
+    return build_tiny("llama", seed=5)
+
+
+@pytest.fixture(scope="module")
+def settings(sm):
+    vecs = [random_vector(sm, [1, 2], 1.5, seed=s) for s in range(4)]
+    return [
+        None,
+        Steering(vecs[0]),
+        Steering(vecs[1], -1.0, positions="generated"),
+        Steering(vecs[2], operator="ablate"),
+        Steering(vecs[3], operator="add_norm_preserving"),
+        Steering(vecs[0] + vecs[1], 0.5),
+        [Steering(vecs[2]), Steering(vecs[3], positions="prompt")],
+        Steering(vecs[1], 2.0, layers=[1]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def references(sm, settings):
+    return [sm.generate(p, s, **GEN) for p, s in zip(PROMPTS, settings)]
+
+
+def test_settings_produce_distinct_outputs(references):
+    assert len(set(references)) >= 6  # the test below could not pass by accident
+
+
+def test_threads_never_see_each_others_steering(sm, settings, references):
+    barrier = threading.Barrier(8)
+
+    def call(i: int) -> list[str]:
+        barrier.wait()
+        return [sm.generate(PROMPTS[i], settings[i], **GEN) for _ in range(3)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    for i, rounds in enumerate(results):
+        assert rounds == [references[i]] * 3
+
+
+async def test_asyncio_tasks_never_see_each_others_steering(sm, settings, references):
+    for _ in range(3):
+        outs = await asyncio.gather(
+            *(sm.agenerate(PROMPTS[i], settings[i], **GEN) for i in range(8))
+        )
+        assert outs == references
+
+
+async def test_astream_matches_generate(sm, settings, references):
+    pieces = [piece async for piece in sm.astream(PROMPTS[1], settings[1], **GEN)]
+    assert "".join(pieces) == references[1]
+
+
+def test_mixed_batch_rows_match_references(sm, settings, references):
+    assert sm.generate_batch(PROMPTS, list(settings), **GEN) == references
+
+
+def test_exception_mid_generation_leaves_no_trace(sm, settings, references):
+    layer = sm.layers[3]
+    calls = {"n": 0}
+
+    def boom(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected failure")
+
+    handle = layer.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            sm.generate(PROMPTS[1], settings[1], **GEN)
+    finally:
+        handle.remove()
+    assert current_state() is None
+    assert sm.generate(PROMPTS[0], **GEN) == references[0]
+    assert sm.generate(PROMPTS[1], settings[1], **GEN) == references[1]
+
+
+def test_abandoned_stream_leaves_no_trace(sm, settings, references):
+    before = threading.active_count()
+    stream = sm.stream(PROMPTS[1], settings[1], max_new_tokens=40)
+    next(stream)
+    stream.close()
+    assert threading.active_count() == before  # the worker was stopped and joined
+    assert current_state() is None
+    assert sm.generate(PROMPTS[0], **GEN) == references[0]
+
+
+def test_stream_reraises_worker_errors(sm, settings):
+    handle = sm.layers[0].register_forward_hook(lambda *a: (_ for _ in ()).throw(ValueError("bad")))
+    try:
+        with pytest.raises(ValueError, match="bad"):
+            list(sm.stream(PROMPTS[1], settings[1], **GEN))
+    finally:
+        handle.remove()
+
+
+async def test_cancelled_task_stops_generation_and_leaves_no_trace(sm, references):
+    task = asyncio.create_task(sm.agenerate(PROMPTS[0], max_new_tokens=400))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert current_state() is None
+    assert await sm.agenerate(PROMPTS[0], **GEN) == references[0]
+
+
+def test_steer_context_is_local_to_its_thread(sm, settings):
+    ids = torch.tensor([sm.encode(PROMPTS[0])])
+    plain = sm.model(ids).logits
+    seen = {}
+    with sm.steer(settings[1]):
+        t = threading.Thread(target=lambda: seen.setdefault("logits", sm.model(ids).logits))
+        t.start()
+        t.join()
+        assert not torch.equal(sm.model(ids).logits, plain)
+    assert torch.equal(seen["logits"], plain)
