@@ -46,6 +46,10 @@ _NORM_TEXTS = (
 )
 
 
+_SHARED: dict[tuple[str | None, str], SteeredModel] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class SteeredModel:
     """A causal LM whose every generate call can carry its own steering.
 
@@ -126,6 +130,18 @@ class SteeredModel:
         return cls(model, tokenizer, layers_path=layers_path, name=model_id, revision=revision)
 
     @classmethod
+    def shared(cls, model_id: str | None = None, **kwargs: Any) -> SteeredModel:
+        """One loaded model per process for each ``(model_id, kwargs)``: adapters built with
+        the same id share weights instead of loading them twice. ``None`` is the default model."""
+        key = (model_id, repr(sorted(kwargs.items(), key=lambda kv: kv[0])))
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = (
+                    cls.default() if model_id is None else cls.from_pretrained(model_id, **kwargs)
+                )
+            return _SHARED[key]
+
+    @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer: Any, **kwargs: Any) -> SteeredModel:
         """Wrap an already loaded model and tokenizer (installs hooks on it)."""
         return cls(model, tokenizer, **kwargs)
@@ -187,8 +203,29 @@ class SteeredModel:
         return list(ids)
 
     # -- steering -------------------------------------------------------------------------------
-    def resolve(self, steering: SteeringLike) -> tuple[Steering, ...]:
-        """Normalise any accepted steering form to a tuple of ``Steering`` values."""
+    def resolve(
+        self,
+        steering: SteeringLike,
+        *,
+        coeff: float | None = None,
+        positions: str | None = None,
+    ) -> tuple[Steering, ...]:
+        """Normalise any accepted steering form (vector, ``Steering``, expression string, or a
+        list of them) to a tuple of ``Steering`` values; ``coeff`` multiplies every coefficient
+        and ``positions`` overrides where they apply (the adapters' ``steering_coeff`` and
+        ``steering_positions``)."""
+        steerings = self._resolve(steering)
+        if coeff is not None or positions is not None:
+            steerings = tuple(
+                s.with_options(
+                    coeff=s.coeff * (1.0 if coeff is None else coeff),
+                    positions=positions or s.positions,
+                )
+                for s in steerings
+            )
+        return steerings
+
+    def _resolve(self, steering: SteeringLike) -> tuple[Steering, ...]:
         if steering is None:
             return ()
         if isinstance(steering, Steering):
@@ -198,7 +235,7 @@ class SteeredModel:
         if isinstance(steering, str):
             return self._parse_expression(steering)
         if isinstance(steering, Sequence):
-            return tuple(s for item in steering for s in self.resolve(item))
+            return tuple(s for item in steering for s in self._resolve(item))
         raise SteeringSpecError(
             f"cannot steer with a {type(steering).__name__}; pass a SteeringVector, a Steering, "
             "a list of them, or None"

@@ -248,12 +248,34 @@ class Steering:
         return out
 
 
+def steering_info(steerings: Sequence[Steering]) -> dict[str, object]:
+    """What steered a call, for traces and response metadata: the canonical expression and, per
+    term, its coefficient, layers and vector digest."""
+    return {
+        "expression": " + ".join(s.describe() for s in steerings) or None,
+        "terms": [
+            {
+                "name": t.label(),
+                "coeff": t.coeff * (1.0 if s.operator == "ablate" else s.coeff),
+                "layers": list(s.layers if s.layers is not None else t.vector.layers),
+                "digest": t.vector.digest(),
+                "positions": s.positions,
+                "operator": s.operator,
+            }
+            for s in steerings
+            for t in s.terms
+        ],
+    }
+
+
 SteeringLike = SteeringVector | Steering | str | Sequence[SteeringVector | Steering | str] | None
 
 
 def _iter_terms(x: object) -> Iterable[object]:
-    if isinstance(x, SteeringVector | Term | tuple):
+    if isinstance(x, SteeringVector | Term):
         return [x]
+    if isinstance(x, tuple) and 2 <= len(x) <= 3 and isinstance(x[0], SteeringVector):
+        return [x]  # a single (vector, coeff[, name]) pair
     if isinstance(x, Iterable) and not isinstance(x, str | bytes | Mapping):
         return list(x)
     raise SteeringSpecError(

@@ -181,3 +181,31 @@ def test_more_families_find_layers_and_steer(kind):
         zero = sm.model(ids).logits
     assert torch.equal(plain, zero)
     assert not torch.allclose(plain, steered)
+
+
+def test_resolve_applies_coeff_and_positions_overrides(llama):
+    from actsteer.spec import steering_info
+
+    v = random_vector(llama, [1], 1.0)
+    (s,) = llama.resolve([Steering((v, 2.0), 3.0)], coeff=0.5, positions="generated")
+    assert s.coeff == 1.5 and s.positions == "generated" and s.terms[0].coeff == 2.0
+    info = steering_info([s])
+    assert info["terms"][0]["coeff"] == 3.0 and info["terms"][0]["layers"] == [1]
+    assert info["terms"][0]["digest"] == v.digest()
+    assert "positions=generated" in info["expression"]
+
+
+def test_shared_returns_one_model_per_id(monkeypatch):
+    from actsteer import SteeredModel
+    from actsteer import model as model_module
+
+    built = []
+    monkeypatch.setattr(model_module, "_SHARED", {})
+    monkeypatch.setattr(
+        SteeredModel,
+        "from_pretrained",
+        classmethod(lambda cls, mid, **kw: built.append(mid) or mid),
+    )
+    assert SteeredModel.shared("a/b") is SteeredModel.shared("a/b")
+    SteeredModel.shared("a/b", dtype="bfloat16")
+    assert built == ["a/b", "a/b"]
