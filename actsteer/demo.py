@@ -87,7 +87,10 @@ def run_demo(
     say(
         textwrap.fill(
             "\nWhat you are seeing: one small model, the same user messages. The system "
-            f"prompt costs {saved:.0f} extra prompt tokens on every call; the template vector is "
+            f"prompt costs {saved:.0f} extra prompt tokens on every call (SmolLM2's chat template "
+            "sends its own short default system prompt when none is given, so the saving here is "
+            "the difference; a long production system prompt saves far more); the template "
+            "vector is "
             "the average change that system prompt makes to the model's hidden states, added at "
             "one layer instead, so those tokens are never sent. Love-Hate and dogs are "
             "contrastive vectors: the difference between activations for opposite example "

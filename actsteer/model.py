@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -397,6 +397,30 @@ class SteeredModel:
                     out[layer].append(h[row, h.shape[1] - len(tokens) :].clone())
         return out
 
+    def continuation_logprobs(
+        self,
+        prompt: Prompt,
+        continuation: str | Sequence[int],
+        steering: SteeringLike = None,
+    ) -> torch.Tensor:
+        """Teacher-forced log-probabilities ``(tokens, vocab)`` that the model, steered as in a
+        generate call of ``prompt``, assigns at each position of ``continuation``. The
+        continuation counts as generated tokens, so ``positions="generated"`` applies to it."""
+        prompt_ids = self.encode(prompt)
+        cont = (
+            self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if isinstance(continuation, str)
+            else list(continuation)
+        )
+        if not cont:
+            raise SteeringSpecError("the continuation is empty")
+        ids, mask = self._pad([prompt_ids + cont])
+        plan = self._plan_from([self.row_spec(steering)], len(prompt_ids), mask)
+        with torch.inference_mode(), hooks.activate(hooks.CallState(plan) if plan else None):
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        span = logits[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(cont)].float()
+        return torch.log_softmax(span, dim=-1).cpu()
+
     # -- generation -----------------------------------------------------------------------------
     def generate(
         self,
@@ -483,14 +507,23 @@ class SteeredModel:
         seed: int | None = None,
         timeout: float | None = 600.0,
         cancel: threading.Event | None = None,
+        on_finish: Callable[[Generation], None] | None = None,
     ) -> Iterator[str]:
         """Yield the completion in pieces; the pieces join to exactly ``generate``'s text.
-        Abandoning the iterator stops generation and leaves no steering behind."""
+        Abandoning the iterator stops generation and leaves no steering behind. ``on_finish``
+        gets the finished ``Generation`` (token counts, finish reason) after the last piece."""
         stop = _check_options(max_new_tokens, temperature, top_p, stop)
         tokens = self.encode(prompt)
         ids, mask = self._pad([tokens])
         compiled = [self.row_spec(steering)]
         plan = self._plan_from(compiled, ids.shape[1], mask)
+        cancel = cancel or threading.Event()
+        report = None
+        if on_finish is not None:
+
+            def report(new: list[int]) -> None:
+                on_finish(self._finish(tokens, new, stop, max_new_tokens, cancel, compiled[0][1]))
+
         return self._stream(
             ids,
             mask,
@@ -501,11 +534,23 @@ class SteeredModel:
             stop,
             seed,
             timeout,
-            cancel or threading.Event(),
+            cancel,
+            report,
         )
 
     def _stream(
-        self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, timeout, cancel
+        self,
+        ids,
+        mask,
+        plan,
+        max_new_tokens,
+        temperature,
+        top_p,
+        stop,
+        seed,
+        timeout,
+        cancel,
+        report=None,
     ):
         streamer = TokenQueue()
         failure: list[BaseException] = []
@@ -559,6 +604,8 @@ class SteeredModel:
             text, _ = cut_at_stop(self._decode(new), stop)
             if len(text) > sent:
                 yield text[sent:]
+            if report is not None:
+                report(new)
         finally:
             cancel.set()
             worker.join()

@@ -1,0 +1,190 @@
+"""Mixed-steering throughput through LangChain: one batched generate vs one call at a time.
+
+Sixteen chat requests, each with one of four steering settings, on the embedded model:
+  (a) ceiling: the same 16 prompts, unsteered, in one plain batched ``generate``
+  (b) ``ChatSteer`` batch: per-row steering via ``configurable_fields``, one batched generate
+  (c) sequential ``ChatSteer.invoke`` calls
+  (d) a serialized wrapper in the style of existing steering wrappers: take a global lock,
+      register plain forward hooks that add the vector, generate one prompt, remove the hooks
+Outputs of (b), (c) and (d) are checked equal (greedy decoding). Throughput counts generated
+tokens per second; conditions are interleaved round by round. Writes bench/results/batch.json.
+Run: ``.venv/bin/python bench/batch.py [--rounds N] [--tokens N] [--requests N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, summary, write
+from langchain_core.runnables import ConfigurableField
+
+from actsteer import SteeredModel
+from langchain_steer import ChatSteer
+
+SETTINGS = [None, "love:2", "dogs:1.3", "formal"]
+QUESTIONS = [
+    "Describe your ideal afternoon.",
+    "What do you like to do on weekends?",
+    "Tell me about your favourite food.",
+    "How would you spend a rainy day?",
+    "What makes a good neighbour?",
+    "Describe the view from your window.",
+    "What is the best way to learn a language?",
+    "Tell me about a place you would like to visit.",
+]
+
+
+class GlobalHookWrapper:
+    """How wrappers that mutate the model steer: hooks installed around each call, so calls
+    must be serialized (a lock) and a batch cannot mix steering."""
+
+    def __init__(self, sm: SteeredModel, max_new_tokens: int) -> None:
+        self.sm = sm
+        self.max_new_tokens = max_new_tokens
+        self.lock = threading.Lock()
+
+    def deltas(self, steering: str | None) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        norms = self.sm.activation_norms()
+        for s in self.sm.resolve(steering):
+            assert s.operator == "add" and s.positions == "all"
+            for layer, d in s.layer_deltas(self.sm.fingerprint, norms).items():
+                out[layer] = out[layer] + d if layer in out else d
+        return out
+
+    def invoke(self, question: str, steering: str | None) -> tuple[str, int]:
+        sm = self.sm
+        ids = torch.tensor([sm.encode([{"role": "user", "content": question}])])
+        with self.lock:
+            handles = [
+                sm.layers[layer].register_forward_hook(_adder(d))
+                for layer, d in self.deltas(steering).items()
+            ]
+            try:
+                with torch.inference_mode():
+                    out = sm.model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=sm.pad_token_id,
+                    )
+            finally:
+                for h in handles:
+                    h.remove()
+        new = out[0, ids.shape[1] :].tolist()
+        eos = set(sm._eos_ids)
+        kept = next((new[:i] for i, t in enumerate(new) if t in eos), new)
+        used = len(kept) + (1 if len(kept) < len(new) else 0)
+        return sm.tokenizer.decode(kept, skip_special_tokens=True), used
+
+
+def _adder(delta: torch.Tensor):
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] + delta.to(output[0].dtype), *output[1:])
+        return output + delta.to(output.dtype)
+
+    return hook
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=16)
+    args = parser.parse_args()
+
+    sm = SteeredModel.shared(None)
+    chat = ChatSteer(runtime=sm, max_tokens=args.tokens, batch_size=args.requests)
+    knob = chat.configurable_fields(steering=ConfigurableField(id="steering"))
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
+    steerings = [SETTINGS[i % len(SETTINGS)] for i in range(args.requests)]
+    configs = [{"configurable": {"steering": s}} for s in steerings]
+    wrapper = GlobalHookWrapper(sm, args.tokens)
+    chats = [[{"role": "user", "content": q}] for q in questions]
+
+    def ceiling() -> tuple[list[str], int]:
+        gens = sm.generate_batch_detailed(chats, None, max_new_tokens=args.tokens)
+        return [g.text for g in gens], sum(g.completion_tokens for g in gens)
+
+    def batched() -> tuple[list[str], int]:
+        msgs = knob.batch(questions, configs)
+        return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
+
+    def sequential() -> tuple[list[str], int]:
+        msgs = [chat.invoke(q, steering=s) for q, s in zip(questions, steerings)]
+        return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
+
+    def serialized() -> tuple[list[str], int]:
+        outs = [wrapper.invoke(q, s) for q, s in zip(questions, steerings)]
+        return [t for t, _ in outs], sum(n for _, n in outs)
+
+    conditions = {
+        "a_ceiling_unsteered_batch": ceiling,
+        "b_chatsteer_batch_mixed": batched,
+        "c_sequential_invoke": sequential,
+        "d_serialized_global_hooks": serialized,
+    }
+    for s in SETTINGS:  # resolve presets (extraction, first use only) before timing
+        sm.resolve(s)
+    texts: dict[str, list[str]] = {}
+    for name, fn in conditions.items():  # warm-up, and the outputs to compare
+        texts[name] = fn()[0]
+    samples: dict[str, list[float]] = {name: [] for name in conditions}
+    for r in range(args.rounds):
+        for name, fn in conditions.items():
+            start = time.perf_counter()
+            _, tokens = fn()
+            samples[name].append(tokens / (time.perf_counter() - start))
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n}={samples[n][-1]:.1f} tok/s" for n in conditions),
+            flush=True,
+        )
+
+    stats = {name: summary(s) for name, s in samples.items()}
+    ceiling_tps = stats["a_ceiling_unsteered_batch"]["median"]
+    seq_tps = stats["c_sequential_invoke"]["median"]
+    steered = ["b_chatsteer_batch_mixed", "c_sequential_invoke", "d_serialized_global_hooks"]
+    equal = all(texts[n] == texts["b_chatsteer_batch_mixed"] for n in steered)
+    unsteered_rows = [i for i, s in enumerate(steerings) if s is None]
+    result = {
+        "benchmark": "batch",
+        "model": sm.fingerprint.name,
+        "requests": args.requests,
+        "steering_settings": SETTINGS,
+        "new_tokens_max": args.tokens,
+        "rounds": args.rounds,
+        "machine": machine(),
+        "tokens_per_s": stats,
+        "ratio_vs_ceiling": {n: stats[n]["median"] / ceiling_tps for n in conditions},
+        "ratio_vs_sequential": {n: stats[n]["median"] / seq_tps for n in conditions},
+        "outputs_equal_b_c_d": equal,
+        "unsteered_rows_equal_ceiling": all(
+            texts["b_chatsteer_batch_mixed"][i] == texts["a_ceiling_unsteered_batch"][i]
+            for i in unsteered_rows
+        ),
+        "targets": {"b_chatsteer_batch_mixed_vs_ceiling": 0.9},
+    }
+    path = write("batch", result)
+    print(f"\nwrote {path}; outputs equal: {equal}")
+    for name in conditions:
+        print(
+            f"  {name:<28} {stats[name]['median']:8.1f} tok/s  "
+            f"{result['ratio_vs_ceiling'][name]:.2f}x ceiling  "
+            f"{result['ratio_vs_sequential'][name]:.2f}x sequential"
+        )
+
+
+if __name__ == "__main__":
+    main()
