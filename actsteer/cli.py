@@ -281,12 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_expression(text: str | None) -> None:
+    """Fail fast, before loading any model: the expression parses and its presets exist."""
+    if not text:
+        return
+    from . import presets
+    from .expressions import parse
+
+    for name in parse(text).names():
+        presets.get(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars show the long work; loading is quick
     try:
+        _check_expression(getattr(args, "steer", None))
         return int(args.fn(args) or 0)
     except (ActsteerError, OSError, KeyError, ValueError) as exc:
-        print(f"actsteer: error: {exc}", file=sys.stderr)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"actsteer: error: {first}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130

@@ -94,7 +94,7 @@ def test_bad_input_exits_nonzero_with_one_line(args, message):
     proc = run(*args, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 or proc.stderr.strip().startswith("actsteer:")
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("actsteer: error:")
 
 
 def test_demo_runs_end_to_end(real):
