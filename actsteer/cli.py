@@ -199,6 +199,36 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import presets
+    from .data import neutral_inputs
+    from .evaluate.report import evaluate
+
+    sm = _model(args)
+    prompts = neutral_inputs("heldout")[: args.prompts]
+    check, instruction, fid = args.check, args.system_prompt, False
+    if args.steer in presets.names():
+        p = presets.get(args.steer)
+        check = check or p.check
+        instruction = instruction or p.prompt_equivalent
+        fid = p.method == "prompt_template"
+    if not check:
+        raise ActsteerError("--check is required unless --steer names a preset")
+    report = evaluate(
+        sm,
+        args.steer,
+        check=check,
+        instruction=instruction,
+        prompts=prompts,
+        max_new_tokens=args.max_new_tokens,
+        with_fidelity=fid or args.fidelity,
+    )
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown(), encoding="utf-8")
+    _emit(args, report.to_dict(), report.table())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -276,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--record-model", action="store_true", help="record the (default) model's fingerprint"
     )
+
+    p = add(
+        "eval", cmd_eval, "compare no steering / system prompt / vector / both on held-out prompts"
+    )
+    p.add_argument("--steer", required=True, help="a preset name or steering expression")
+    p.add_argument("--check", help="behaviour check id (default: the preset's)")
+    p.add_argument("--system-prompt", help="the system prompt to compare against")
+    p.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 16)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--fidelity", action="store_true", help="also measure fidelity to the prompt")
+    p.add_argument("--markdown", help="also write a Markdown report to this file")
 
     add("presets", cmd_presets, "list the built-in presets", model=False)
     return parser

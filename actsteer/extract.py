@@ -192,7 +192,7 @@ def prompt_template(
     """
     if not isinstance(system_prompt, str) or not system_prompt.strip():
         raise SteeringSpecError("prompt_template needs a non-empty system prompt or template")
-    inputs = list(inputs) if inputs is not None else neutral_inputs()
+    inputs = list(inputs) if inputs is not None else neutral_inputs("train")
     if not inputs:
         raise SteeringSpecError("prompt_template needs at least one user input")
     chosen = _layers(sm, layers)

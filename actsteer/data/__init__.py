@@ -13,7 +13,23 @@ def _load(name: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-def neutral_inputs() -> list[str]:
-    """72 diverse, neutral user messages (questions, requests, tasks) used to average a
-    prompt-template vector over many inputs; evaluation holds out the last 16."""
-    return list(_load("neutral_inputs.json"))
+HELD_OUT = 16
+
+
+def neutral_inputs(split: str = "train") -> list[str]:
+    """Diverse, neutral user messages (questions, requests, tasks): ``"train"`` (the first 56,
+    averaged into prompt-template vectors), ``"heldout"`` (the last 16, used only to evaluate) or
+    ``"all"``."""
+    items = list(_load("neutral_inputs.json"))
+    if split == "train":
+        return items[:-HELD_OUT]
+    if split == "heldout":
+        return items[-HELD_OUT:]
+    if split == "all":
+        return items
+    raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+
+
+def neutral_texts() -> list[str]:
+    """Short neutral passages for measuring quality cost (KL and perplexity on plain text)."""
+    return list(_load("neutral_texts.json"))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _FIELDS = {
     "name",
+    "instruction",
     "description",
     "method",
     "pairs",
@@ -58,14 +59,23 @@ class Preset:
     pairs: tuple[tuple[str, str], ...] = ()
     system_prompt: str | None = None
     inputs: tuple[str, ...] | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    instruction: str | None = None
+
+    @property
+    def prompt_equivalent(self) -> str | None:
+        """The system prompt this behaviour is compared against in evaluations."""
+        return self.system_prompt or self.instruction
 
     @property
     def content_hash(self) -> str:
         """Hash of everything that determines the extracted vector."""
+        from ..data import neutral_inputs
+
+        inputs = self.inputs
+        if inputs is None and self.method == "prompt_template":
+            inputs = tuple(neutral_inputs("train"))  # the shipped default inputs
         blob = json.dumps(
-            [self.method, self.read, self.pairs, self.system_prompt, self.inputs],
-            sort_keys=True,
+            [self.method, self.read, self.pairs, self.system_prompt, inputs], sort_keys=True
         ).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -93,6 +103,7 @@ def _parse(name: str, data: dict[str, Any]) -> Preset:
             pairs=tuple((str(p), str(n)) for p, n in data.get("pairs", ())),
             system_prompt=data.get("system_prompt"),
             inputs=tuple(data["inputs"]) if data.get("inputs") else None,
+            instruction=data.get("instruction"),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SteeringSpecError(f"preset {name!r} is malformed: {exc}") from exc

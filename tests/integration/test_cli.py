@@ -109,3 +109,28 @@ def test_demo_runs_end_to_end(real):
     }
     s = data["summary"]
     assert s["system prompt"]["prompt_tokens"] > s["template vector"]["prompt_tokens"]
+
+
+def test_eval_smoke_on_two_prompts(tmp_path, real):
+    md = tmp_path / "report.md"
+    data = json.loads(
+        run(
+            "eval",
+            "--steer",
+            "friendly",
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--markdown",
+            str(md),
+            "--json",
+        ).stdout
+    )
+    names = [c["name"] for c in data["conditions"]]
+    assert names == ["no steering", "system prompt", "vector", "vector + system prompt"]
+    assert data["fidelity"] is not None and data["neutral_kl"] >= 0
+    assert all(0.0 <= c["success_rate"] <= 1.0 for c in data["conditions"])
+    assert "| condition |" in md.read_text()
+    bad = run("eval", "--steer", "file:/nope.safetensors", check=False)
+    assert bad.returncode == 2 and "--check is required" in bad.stderr

@@ -64,7 +64,7 @@ def test_prompt_template_vector_moves_toward_the_system_prompt(real):
     system = (
         "You are a warm, cheerful and friendly assistant. Be kind and encouraging in every reply."
     )
-    held_out = neutral_inputs()[-8:]
+    held_out = neutral_inputs("heldout")[:8]
     f = fidelity(real, system, "friendly", held_out, max_new_tokens=16)
     assert f.kl_vector < f.kl_none, f
     assert f.removed > 0.1, f

@@ -1,0 +1,248 @@
+"""Side-by-side evaluation of one behaviour on held-out prompts: no steering / system prompt /
+vector / vector + system prompt, with success rate, prompt tokens, time to first token, tokens/s
+and quality cost for each, plus the vector's fidelity to the prompt and its KL on neutral text."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..data import neutral_inputs, neutral_texts
+from ..model import SteeredModel
+from ..spec import SteeringLike
+from . import Fidelity, fidelity, kl_divergence
+from .checks import get_check
+
+
+@dataclass(frozen=True)
+class ConditionResult:
+    """One condition's numbers over all prompts."""
+
+    name: str
+    success_rate: float
+    mean_score: float
+    prompt_tokens: float
+    ttft_s: float
+    tokens_per_s: float
+    perplexity: float
+    ppl_ratio: float
+    samples: tuple[tuple[str, str, bool], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything ``actsteer eval`` measures for one steering and one behaviour check."""
+
+    model: str
+    steering: str
+    check: str
+    instruction: str | None
+    prompts: int
+    conditions: tuple[ConditionResult, ...]
+    fidelity: Fidelity | None
+    neutral_kl: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.fidelity is not None:
+            data["fidelity"]["removed"] = self.fidelity.removed
+        return data
+
+    def table(self) -> str:
+        """A terminal table, one row per condition."""
+        head = f"{'condition':<22}{'success':>8}{'score':>8}{'prompt tok':>11}{'TTFT s':>8}"
+        head += f"{'tok/s':>7}{'ppl':>8}{'ppl x':>7}"
+        lines = [
+            f"{self.steering} on {self.model} — check {self.check!r}, {self.prompts} "
+            "held-out prompts",
+            head,
+            "-" * len(head),
+        ]
+        for c in self.conditions:
+            lines.append(
+                f"{c.name:<22}{c.success_rate:>8.0%}{c.mean_score:>8.2f}{c.prompt_tokens:>11.1f}"
+                f"{c.ttft_s:>8.3f}{c.tokens_per_s:>7.1f}{c.perplexity:>8.2f}{c.ppl_ratio:>7.2f}"
+            )
+        if self.fidelity is not None:
+            lines.append(
+                f"fidelity to the system prompt: {self.fidelity.removed:+.2f} of the "
+                f"prompt's KL removed (KL none {self.fidelity.kl_none:.3f} -> vector "
+                f"{self.fidelity.kl_vector:.3f})"
+            )
+        lines.append(f"KL(unsteered || steered) on neutral text: {self.neutral_kl:.4f} nats/token")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """A Markdown report: the table, fidelity, quality cost and sample replies."""
+        out = [
+            f"# actsteer eval: `{self.steering}`",
+            "",
+            f"Model `{self.model}`, check `{self.check}`, {self.prompts} held-out prompts. "
+            f"System prompt compared: {self.instruction!r}.",
+            "",
+            "| condition | success | score | prompt tokens | TTFT (s) | tokens/s | ppl "
+            "| ppl ratio |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in self.conditions:
+            out.append(
+                f"| {c.name} | {c.success_rate:.0%} | {c.mean_score:.2f} | "
+                f"{c.prompt_tokens:.1f} | {c.ttft_s:.3f} | {c.tokens_per_s:.1f} | "
+                f"{c.perplexity:.2f} | {c.ppl_ratio:.2f} |"
+            )
+        if self.fidelity is not None:
+            out += [
+                "",
+                f"Fidelity: the vector removes {self.fidelity.removed:.0%} of the KL between "
+                "the unsteered and the system-prompted model (1 = indistinguishable).",
+            ]
+        out += ["", f"KL on neutral text: {self.neutral_kl:.4f} nats/token.", "", "## Samples", ""]
+        for c in self.conditions:
+            for prompt, reply, passed in c.samples[:2]:
+                mark = "pass" if passed else "fail"
+                out.append(
+                    f"- **{c.name}** ({mark}) — _{prompt}_ → {' '.join(reply.split())[:200]}"
+                )
+        return "\n".join(out) + "\n"
+
+
+def neutral_kl(sm: SteeredModel, steering: SteeringLike) -> float:
+    """Mean per-token KL(P_unsteered || P_steered) over the shipped neutral passages."""
+    total, n = 0.0, 0
+    for text in neutral_texts():
+        head, _, rest = text.partition(" ")
+        base = sm.continuation_logprobs(head, " " + rest)
+        steered = sm.continuation_logprobs(head, " " + rest, steering)
+        total += float(kl_divergence(base, steered).sum())
+        n += base.shape[0]
+    return total / max(n, 1)
+
+
+def _perplexity(sm: SteeredModel, prompts: Sequence[str], replies: Sequence[str]) -> float:
+    """Perplexity of the replies under the unsteered model without any system prompt."""
+    nll, n = 0.0, 0
+    for prompt, reply in zip(prompts, replies):
+        if not reply.strip():
+            continue
+        lp = sm.continuation_logprobs([{"role": "user", "content": prompt}], reply)
+        ids = sm.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        nll -= float(lp[range(len(ids)), ids].sum())
+        n += len(ids)
+    return math.exp(nll / n) if n else float("nan")
+
+
+def run_condition(
+    sm: SteeredModel,
+    name: str,
+    prompts: Sequence[str],
+    *,
+    system_prompt: str | None,
+    steering: SteeringLike,
+    check: str,
+    max_new_tokens: int,
+) -> tuple[ConditionResult, list[str]]:
+    """Generate each prompt (streamed, to time the first token) and score the replies."""
+    fn = get_check(check)
+    replies, samples, ttfts, rates, tokens, scores = [], [], [], [], [], []
+    for prompt in prompts:
+        messages = [{"role": "user", "content": prompt}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        tokens.append(len(sm.encode(messages)))
+        start = time.perf_counter()
+        first = None
+        pieces = []
+        for piece in sm.stream(messages, steering, max_new_tokens=max_new_tokens):
+            first = first or time.perf_counter()
+            pieces.append(piece)
+        end = time.perf_counter()
+        reply = "".join(pieces)
+        n_new = len(sm.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        ttfts.append((first or end) - start)
+        rates.append(n_new / max(end - start, 1e-9))
+        result = fn(reply)
+        scores.append(result.score)
+        replies.append(reply)
+        samples.append((prompt, reply, result.passed))
+    passed = [s[2] for s in samples]
+    cond = ConditionResult(
+        name=name,
+        success_rate=sum(passed) / len(passed),
+        mean_score=sum(scores) / len(scores),
+        prompt_tokens=sum(tokens) / len(tokens),
+        ttft_s=sorted(ttfts)[len(ttfts) // 2],
+        tokens_per_s=sum(rates) / len(rates),
+        perplexity=_perplexity(sm, prompts, replies),
+        ppl_ratio=float("nan"),
+        samples=tuple(samples),
+    )
+    return cond, replies
+
+
+def evaluate(
+    sm: SteeredModel,
+    steering: SteeringLike,
+    *,
+    check: str,
+    instruction: str | None = None,
+    prompts: Sequence[str] | None = None,
+    max_new_tokens: int = 40,
+    with_fidelity: bool = True,
+) -> EvalReport:
+    """Compare no steering, the system prompt, the vector, and both, on held-out prompts."""
+    prompts = list(prompts) if prompts is not None else neutral_inputs("heldout")
+    label = (
+        steering
+        if isinstance(steering, str)
+        else " + ".join(s.describe() for s in sm.resolve(steering))
+    )
+    plan = [("no steering", None, None), ("vector", None, steering)]
+    if instruction:
+        plan.insert(1, ("system prompt", instruction, None))
+        plan.append(("vector + system prompt", instruction, steering))
+    sm.generate("Hello", steering, max_new_tokens=2)  # warm-up: first-call costs skew timings
+    results = []
+    for name, system_prompt, steer in plan:
+        cond, _ = run_condition(
+            sm,
+            name,
+            prompts,
+            system_prompt=system_prompt,
+            steering=steer,
+            check=check,
+            max_new_tokens=max_new_tokens,
+        )
+        results.append(cond)
+    base = results[0].perplexity
+    results = [
+        ConditionResult(**{**asdict(c), "samples": c.samples, "ppl_ratio": c.perplexity / base})
+        for c in results
+    ]
+    fid = None
+    if with_fidelity and instruction:
+        fid = fidelity(
+            sm, instruction, steering, prompts[:8], max_new_tokens=min(24, max_new_tokens)
+        )
+    return EvalReport(
+        model=sm.fingerprint.name,
+        steering=str(label),
+        check=check,
+        instruction=instruction,
+        prompts=len(prompts),
+        conditions=tuple(results),
+        fidelity=fid,
+        neutral_kl=neutral_kl(sm, steering),
+    )
+
+
+def evaluate_preset(sm: SteeredModel, name: str, **kwargs: Any) -> EvalReport:
+    """``evaluate`` with the preset's own check and its system-prompt equivalent."""
+    from .. import presets
+
+    preset = presets.get(name)
+    # fidelity is only meaningful for a vector compiled from that very prompt
+    kwargs.setdefault("with_fidelity", preset.method == "prompt_template")
+    return evaluate(sm, name, check=preset.check, instruction=preset.prompt_equivalent, **kwargs)
