@@ -229,6 +229,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_source(args: argparse.Namespace):
+    from . import presets
+
+    if args.steer in presets.names():
+        return args.steer, args.check or presets.get(args.steer).check
+    if not args.steer.startswith("file:"):
+        raise ActsteerError("--steer must be a preset name or file:PATH")
+    if not args.check:
+        raise ActsteerError("--check is required for a vector file")
+    return _load_any(args.steer[5:]), args.check
+
+
+def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import neutral_inputs
+
+    kw: dict[str, Any] = {
+        "coeffs": [float(c) for c in args.coeffs.split(",")],
+        "prompts": neutral_inputs("heldout")[: args.prompts],
+        "max_new_tokens": args.max_new_tokens,
+    }
+    if args.layers:
+        kw["layer_sets"] = [_layers(text) for text in args.layers]
+    return kw
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .evaluate.sweep import plot_sweep, sweep
+
+    sm = _model(args)
+    source, check = _sweep_source(args)
+    points = sweep(sm, source, check=check, **_sweep_kwargs(args))
+    out = Path(args.output)
+    data = {"steer": args.steer, "check": check, "points": [asdict(p) for p in points]}
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+    plot_sweep(points, out.with_suffix(".png"), title=f"{args.steer} on {sm.fingerprint.name}")
+    lines = [f"{'layers':<12}{'coeff':>7}{'success':>9}{'ppl x':>8}"]
+    for p in points:
+        span = f"{p.layers[0]}-{p.layers[-1]}" if len(p.layers) > 1 else str(p.layers[0])
+        lines.append(f"{span:<12}{p.coeff:>7g}{p.success_rate:>9.0%}{p.ppl_ratio:>8.2f}")
+    lines.append(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .evaluate.sweep import calibrate
+
+    sm = _model(args)
+    source, check = _sweep_source(args)
+    vec, _ = calibrate(
+        sm, source, check=check, max_ppl_ratio=args.max_ppl_ratio, **_sweep_kwargs(args)
+    )
+    vec.save(args.output)
+    card = vec.meta.extra["steering_card"]
+    text = (
+        f"wrote {args.output}: layers {card['layers']}, coefficient {card['coeff']:g}, "
+        f"success {card['success_rate']:.0%}, perplexity ratio {card['ppl_ratio']:.2f}"
+    )
+    _emit(args, card, text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -317,6 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--fidelity", action="store_true", help="also measure fidelity to the prompt")
     p.add_argument("--markdown", help="also write a Markdown report to this file")
+
+    for name, fn, help_ in (
+        ("sweep", cmd_sweep, "behaviour and quality over coefficients x layers (JSON + PNG)"),
+        ("calibrate", cmd_calibrate, "choose layers and coefficient under a quality budget"),
+    ):
+        p = add(name, fn, help_)
+        p.add_argument("--steer", required=True, help="a preset name or file:PATH")
+        p.add_argument("--check", help="behaviour check id (default: the preset's)")
+        p.add_argument("--coeffs", default="0.5,1,2,4")
+        p.add_argument("--layers", action="append", help="a layer set, e.g. 4-6 (repeatable)")
+        p.add_argument("--prompts", type=int, default=8)
+        p.add_argument("--max-new-tokens", type=int, default=32)
+        p.add_argument(
+            "-o",
+            "--output",
+            required=True,
+            help="output path (sweep: .json/.png stem; calibrate: .safetensors)",
+        )
+        if name == "calibrate":
+            p.add_argument("--max-ppl-ratio", type=float, default=1.25)
 
     add("presets", cmd_presets, "list the built-in presets", model=False)
     return parser

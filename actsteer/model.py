@@ -231,6 +231,9 @@ class SteeredModel:
         if isinstance(steering, Steering):
             return (steering,)
         if isinstance(steering, SteeringVector):
+            card = steering.meta.extra.get("steering_card")
+            if isinstance(card, Mapping) and "coeff" in card:  # a calibrated vector
+                return (Steering(steering, float(card["coeff"]), layers=card.get("layers")),)
             return (Steering(steering),)
         if isinstance(steering, str):
             return self._parse_expression(steering)
