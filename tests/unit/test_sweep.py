@@ -56,7 +56,7 @@ def test_choose_respects_the_quality_budget():
 
 def test_calibrate_writes_a_card_that_generate_uses(sm, tmp_path):
     v = random_vector(sm, [1, 2], 0.5)
-    vec, points = calibrate(
+    vec, _ = calibrate(
         sm,
         v,
         check="concise",
