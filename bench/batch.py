@@ -30,7 +30,7 @@ from langchain_core.runnables import ConfigurableField
 from actsteer import SteeredModel
 from langchain_steer import ChatSteer
 
-SETTINGS = [None, "love:2", "dogs:1.3", "formal"]
+SETTINGS = [None, "love:2", "dogs", "formal"]
 QUESTIONS = [
     "Describe your ideal afternoon.",
     "What do you like to do on weekends?",
@@ -135,16 +135,16 @@ def main() -> None:
         "c_sequential_invoke": sequential,
         "d_serialized_global_hooks": serialized,
     }
-    for s in SETTINGS:  # resolve presets (extraction, first use only) before timing
+    for s in SETTINGS:  # resolve presets (extraction, first use only), warm up the paths
         sm.resolve(s)
+        chat.invoke(QUESTIONS[0], steering=s, max_tokens=2)
+        wrapper.invoke(QUESTIONS[0], s)
     texts: dict[str, list[str]] = {}
-    for name, fn in conditions.items():  # warm-up, and the outputs to compare
-        texts[name] = fn()[0]
     samples: dict[str, list[float]] = {name: [] for name in conditions}
     for r in range(args.rounds):
         for name, fn in conditions.items():
             start = time.perf_counter()
-            _, tokens = fn()
+            texts[name], tokens = fn()
             samples[name].append(tokens / (time.perf_counter() - start))
         print(
             f"round {r + 1}/{args.rounds}: "

@@ -1,0 +1,551 @@
+"""Glue shared by ChatSteer and SteerLLM: the runtime and steering fields, per-call options,
+stable cache keys for steering, response metadata, and the row collector that turns the calls of
+one ``batch``/``abatch`` into one batched, per-row-steered generate.
+
+Invariant of the collector: every call of a batch chunk either hands in exactly one row or
+leaves; the call that completes the set generates all rows (grouped by runtime and options),
+so a batch of N invokes costs one padded generate, and each row is steered only by its own
+call's settings (the engine keeps rows independent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, Self
+
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.runnables.configurable import (
+    RunnableConfigurableAlternatives,
+    RunnableConfigurableFields,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from actsteer import SteeredModel, Steering, SteeringVector
+from actsteer.default_model import DEFAULT_MODEL_NAME
+from actsteer.generation import Generation
+from actsteer.model import Prompt
+from actsteer.spec import steering_info
+
+#: Call options that are also fields: a per-call value overrides the field of the same name.
+OPTION_FIELDS = (
+    "steering",
+    "steering_coeff",
+    "steering_positions",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "timeout",
+)
+#: Options of remote APIs, accepted at construction and ignored: the model runs in-process.
+IGNORED_INIT = ("api_key", "max_retries")
+
+
+def check_steering(value: Any) -> Any:
+    """Validate a steering value without touching a model: expression syntax and preset names
+    are checked now (cheap), vectors are resolved per call."""
+    from actsteer import presets
+    from actsteer.expressions import parse
+
+    if value is None or isinstance(value, SteeringVector | Steering):
+        return value
+    if isinstance(value, str):
+        for term in parse(value).terms:
+            if not term.is_file:
+                presets.get(term.source)
+        return value
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_steering(item)
+        return value
+    raise ValueError(
+        f"steering must be an expression string, a SteeringVector, a Steering or a list of "
+        f"them, got {type(value).__name__}"
+    )
+
+
+def steering_key(value: Any) -> Any:
+    """A stable, content-based representation of a steering value for cache keys and traces:
+    expression strings as written, vectors by digest, ``Steering`` by its full settings."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, SteeringVector):
+        return f"vector:{value.digest()}"
+    if isinstance(value, Steering):
+        info = steering_info([value])
+        info.update(relative=value.relative, force=value.force, layers=value.layers)
+        return "steering:" + json.dumps(info, sort_keys=True, default=list)
+    if isinstance(value, list | tuple):
+        return [steering_key(v) for v in value]
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One generation request: the runtime, the prompt and everything that shapes its output."""
+
+    sm: SteeredModel
+    prompt: Prompt
+    steering: tuple[Steering, ...]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    seed: int | None
+    timeout: float | None
+
+    @property
+    def group(self) -> tuple[Any, ...]:
+        """Rows with equal groups can share one batched generate."""
+        return (
+            id(self.sm),
+            self.max_new_tokens,
+            self.temperature,
+            self.top_p,
+            self.stop,
+            self.seed,
+        )
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Options for ``SteeredModel.generate_batch_detailed``."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": list(self.stop),
+            "seed": self.seed,
+        }
+
+    def stream_kwargs(self) -> dict[str, Any]:
+        """Options for ``SteeredModel.stream`` (a stalled stream fails after ``timeout``)."""
+        return {**self.generate_kwargs(), "timeout": self.timeout or 600.0}
+
+    def info(self) -> dict[str, Any]:
+        """What steers this row, for response metadata and traces."""
+        return steering_info(self.steering)
+
+
+class SteerFields(BaseModel):
+    """Fields and per-call option handling common to ChatSteer and SteerLLM."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+
+    model: str | None = None
+    """Hugging Face model id or local path; ``None`` is the embedded SmolLM2-135M-Instruct."""
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to ``SteeredModel.from_pretrained`` (``dtype``, ``device_map``, ...)."""
+    runtime: SteeredModel | None = Field(default=None, exclude=True)
+    """A loaded ``SteeredModel`` to share; loaded lazily from ``model`` on first use otherwise."""
+    steering: Any = None
+    """Expression (``"json:4 + no-disclaimer"``), ``SteeringVector``, ``Steering`` or a list."""
+    steering_coeff: float | None = None
+    """Multiplies every steering coefficient (``0`` switches steering off)."""
+    steering_positions: Literal["all", "prompt", "generated", "actadd"] | None = None
+    """Where steering applies, overriding the presets' defaults."""
+    max_tokens: int = 256
+    """Maximum number of new tokens."""
+    temperature: float = 0.0
+    """0 is greedy (deterministic); above 0 samples."""
+    top_p: float = 1.0
+    """Nucleus sampling mass when sampling."""
+    seed: int | None = None
+    """Sampling seed: the same seed gives the same text, also inside a batch."""
+    stop: list[str] | None = None
+    """Stop strings (multi-token allowed); the output is cut before the first one."""
+    timeout: float | None = None
+    """Seconds a stream waits for the next token before failing."""
+    batch_size: int = Field(default=32, ge=1)
+    """Most rows in one batched generate (``max_concurrency`` in the config lowers it)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_remote_options(cls, values: Any) -> Any:
+        if isinstance(values, dict) and any(k in values for k in IGNORED_INIT):
+            values = {k: v for k, v in values.items() if k not in IGNORED_INIT}
+        return values
+
+    @field_validator("steering")
+    @classmethod
+    def _check_steering(cls, value: Any) -> Any:
+        return check_steering(value)
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name, known without loading it."""
+        if self.model is not None:
+            return self.model
+        if self.runtime is not None:
+            return self.runtime.fingerprint.name
+        return DEFAULT_MODEL_NAME
+
+    def steered_model(self) -> SteeredModel:
+        """The runtime, loading (once per process and model id) on first use."""
+        if self.runtime is None:
+            self.runtime = SteeredModel.shared(self.model, **self.model_kwargs)
+        return self.runtime
+
+    def with_steering(
+        self,
+        steering: Any,
+        *,
+        coeff: float | None = None,
+        positions: str | None = None,
+    ) -> Self:
+        """A copy of this model (same class, same loaded runtime) with other steering: for APIs
+        that take a model object rather than call options (agents, structured output)."""
+        changes: dict[str, Any] = {"steering": steering}
+        if coeff is not None:
+            changes["steering_coeff"] = coeff
+        if positions is not None:
+            changes["steering_positions"] = positions
+        return self._copy_with(**changes)
+
+    def configurable_fields(self, **kwargs: Any) -> BatchedConfigurableFields:
+        """LangChain's ``configurable_fields`` (e.g. ``steering`` as a per-invocation knob),
+        whose ``batch`` keeps differently configured rows in one batched generate."""
+        base = super().configurable_fields(**kwargs)  # type: ignore[misc]  # validates the keys
+        return BatchedConfigurableFields(default=base.default, fields=base.fields)
+
+    def configurable_alternatives(
+        self,
+        which: Any,
+        *,
+        default_key: str = "default",
+        prefix_keys: bool = False,
+        **kwargs: Any,
+    ) -> BatchedConfigurableAlternatives:
+        """LangChain's ``configurable_alternatives`` (e.g. named steering presets as
+        ``with_steering`` copies), batched across rows like ``configurable_fields``."""
+        return BatchedConfigurableAlternatives(
+            which=which,
+            default=self,
+            alternatives=kwargs,
+            default_key=default_key,
+            prefix_keys=prefix_keys,
+        )
+
+    def _copy_with(self, **changes: Any) -> Self:
+        fields = {
+            k: getattr(self, k) for k in self.model_fields_set if k in type(self).model_fields
+        }
+        return type(self)(**{**fields, "runtime": self.runtime, **changes})
+
+    def _fold_options(self, kwargs: dict[str, Any]) -> tuple[Self, dict[str, Any]]:
+        """Move per-call option kwargs into a copy's fields, so that LangChain's cache key
+        (built from ``_identifying_params``) and traces show the values that were used."""
+        changes = {k: kwargs.pop(k) for k in OPTION_FIELDS if k in kwargs}
+        return (self._copy_with(**changes) if changes else self), kwargs
+
+    def _identifying(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop,
+            "steering": steering_key(self.steering),
+            "steering_coeff": self.steering_coeff,
+            "steering_positions": self.steering_positions,
+        }
+
+    def _row(self, prompt: Prompt, stop: list[str] | None, kwargs: dict[str, Any]) -> Row:
+        """Resolve fields and per-call kwargs (kwargs win) into a generation request."""
+        kw = dict(kwargs)
+        kw.pop("stream", None)
+        model = kw.pop("model", None)
+        if model is not None and model != self.model_name:
+            raise ValueError(
+                f"{type(self).__name__} serves {self.model_name!r} in-process and cannot switch "
+                f"to {model!r} per call; build another {type(self).__name__}(model={model!r})"
+            )
+        opts = {k: kw.pop(k) if k in kw else getattr(self, k) for k in OPTION_FIELDS}
+        if kw:
+            extra = " (tool calling is not supported)" if {"tools", "tool_choice"} & set(kw) else ""
+            raise TypeError(
+                f"{type(self).__name__} got unknown call options {sorted(kw)}{extra}; "
+                f"accepted: stop, {', '.join(OPTION_FIELDS)}"
+            )
+        check_steering(opts["steering"])
+        sm = self.steered_model()
+        stop_list = self.stop if stop is None else stop
+        return Row(
+            sm=sm,
+            prompt=prompt,
+            steering=sm.resolve(
+                opts["steering"], coeff=opts["steering_coeff"], positions=opts["steering_positions"]
+            ),
+            max_new_tokens=opts["max_tokens"],
+            temperature=opts["temperature"],
+            top_p=opts["top_p"],
+            stop=tuple(s for s in (stop_list or ()) if s),
+            seed=opts["seed"],
+            timeout=opts["timeout"],
+        )
+
+
+def usage(g: Generation) -> UsageMetadata:
+    """LangChain usage metadata from a generation's token counts."""
+    return UsageMetadata(
+        input_tokens=g.prompt_tokens,
+        output_tokens=g.completion_tokens,
+        total_tokens=g.prompt_tokens + g.completion_tokens,
+    )
+
+
+def generate_one(row: Row) -> Generation:
+    """Generate one row: through the active batch collector if this call belongs to one."""
+    slot = _claim(_SyncCollector)
+    if slot is not None:
+        return slot.submit(row)
+    return row.sm.generate_batch_detailed([row.prompt], [row.steering], **row.generate_kwargs())[0]
+
+
+async def agenerate_one(row: Row) -> Generation:
+    """``generate_one`` without blocking the event loop."""
+    slot = _claim(_AsyncCollector)
+    if slot is not None:
+        return await slot.submit(row)
+    results = await row.sm.agenerate_batch_detailed(
+        [row.prompt], [row.steering], **row.generate_kwargs()
+    )
+    return results[0]
+
+
+# -- the batch collector ------------------------------------------------------------------------
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar(
+    "langchain_steer_slot", default=None
+)
+
+
+class _Slot:
+    """One call's right to hand one row to its batch's collector."""
+
+    def __init__(self, collector: _SyncCollector | _AsyncCollector) -> None:
+        self.collector = collector
+        self.used = False
+
+
+def _claim(kind: type) -> Any:
+    slot = _SLOT.get()
+    if slot is None or slot.used or not isinstance(slot.collector, kind):
+        return None
+    slot.used = True
+    return slot.collector
+
+
+def _groups(rows: list[tuple[Row, Any]]) -> list[list[tuple[Row, Any]]]:
+    out: dict[tuple[Any, ...], list[tuple[Row, Any]]] = {}
+    for item in rows:
+        out.setdefault(item[0].group, []).append(item)
+    return list(out.values())
+
+
+class _SyncCollector:
+    """Rows of the threads of one batch chunk; the thread that completes the set runs them."""
+
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._open = size
+        self._rows: list[tuple[Row, Future]] = []
+        self._started = False
+
+    def submit(self, row: Row) -> Generation:
+        future: Future = Future()
+        with self._lock:
+            self._rows.append((row, future))
+            ready = self._take_ready()
+        if ready:
+            self._run()
+        return future.result()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._open -= 1
+            ready = self._take_ready()
+        if ready:
+            self._run()
+
+    def _take_ready(self) -> bool:
+        if self._started or not self._rows or len(self._rows) < self._open:
+            return False
+        self._started = True
+        return True
+
+    def _run(self) -> None:
+        for group in _groups(self._rows):
+            rows = [r for r, _ in group]
+            try:
+                results = rows[0].sm.generate_batch_detailed(
+                    [r.prompt for r in rows],
+                    [r.steering for r in rows],
+                    **rows[0].generate_kwargs(),
+                )
+            except BaseException as exc:  # each row's caller re-raises it
+                for _, future in group:
+                    future.set_exception(exc)
+                continue
+            for (_, future), g in zip(group, results):
+                future.set_result(g)
+
+
+class _AsyncCollector:
+    """``_SyncCollector`` for the tasks of one ``abatch`` chunk (one event loop, no locks)."""
+
+    def __init__(self, size: int) -> None:
+        self._open = size
+        self._rows: list[tuple[Row, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self._waiting = 0
+
+    async def submit(self, row: Row) -> Generation:
+        future = asyncio.get_running_loop().create_future()
+        self._rows.append((row, future))
+        self._maybe_start()
+        self._waiting += 1
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._waiting -= 1
+            if self._waiting == 0 and self._task is not None:
+                self._task.cancel()  # nobody waits any more: stop the generation
+            raise
+
+    async def leave(self) -> None:
+        self._open -= 1
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self._task is None and self._rows and len(self._rows) >= self._open:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        for group in _groups(self._rows):
+            rows = [r for r, _ in group]
+            try:
+                results = await rows[0].sm.agenerate_batch_detailed(
+                    [r.prompt for r in rows],
+                    [r.steering for r in rows],
+                    **rows[0].generate_kwargs(),
+                )
+            except BaseException as exc:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), g in zip(group, results):
+                if not future.done():
+                    future.set_result(g)
+
+
+def run_batched(
+    calls: Sequence[Callable[[], Any]], *, chunk_size: int, return_exceptions: bool
+) -> list[Any]:
+    """Run ``calls`` (each one model invoke) so that every chunk of them generates as one
+    batch: one thread per call waits at the collector, the last one to arrive generates."""
+    out: list[Any] = []
+    for start in range(0, len(calls), chunk_size):
+        chunk = calls[start : start + chunk_size]
+        collector = _SyncCollector(len(chunk))
+
+        def run(call: Callable[[], Any], collector: _SyncCollector = collector) -> Any:
+            slot = _Slot(collector)
+            token = _SLOT.set(slot)
+            try:
+                return call()
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+            finally:
+                _SLOT.reset(token)
+                if not slot.used:
+                    collector.leave()
+
+        if len(chunk) == 1:
+            out.append(run(chunk[0]))
+            continue
+        with ThreadPoolExecutor(max_workers=len(chunk)) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, run, c) for c in chunk]
+            out.extend(f.result() for f in futures)
+    return out
+
+
+async def arun_batched(
+    calls: Sequence[Callable[[], Awaitable[Any]]], *, chunk_size: int, return_exceptions: bool
+) -> list[Any]:
+    """``run_batched`` for coroutines: the tasks of a chunk share one batched generate."""
+    out: list[Any] = []
+    for start in range(0, len(calls), chunk_size):
+        chunk = calls[start : start + chunk_size]
+        collector = _AsyncCollector(len(chunk))
+
+        async def run(call: Callable[[], Awaitable[Any]], collector=collector) -> Any:
+            slot = _Slot(collector)
+            token = _SLOT.set(slot)
+            try:
+                return await call()
+            finally:
+                _SLOT.reset(token)
+                if not slot.used:
+                    await collector.leave()
+
+        out.extend(
+            await asyncio.gather(*(run(c) for c in chunk), return_exceptions=return_exceptions)
+        )
+    return out
+
+
+# -- configurable wrappers that keep per-row configs batched -------------------------------------
+def _prepared(dyn: Any, inputs: list[Any], config: Any) -> Any:
+    """Per-config prepared models and the chunk size when all are actsteer adapters, else None."""
+    from langchain_core.runnables.config import get_config_list
+
+    configs = get_config_list(config, len(inputs))
+    prepared = [dyn.prepare(c) for c in configs]
+    if not inputs or not all(isinstance(r, SteerFields) for r, _ in prepared):
+        return None
+    size = configs[0].get("max_concurrency") or min(r.batch_size for r, _ in prepared)
+    return prepared, size
+
+
+class _RowBatching:
+    """For LangChain's configurable wrappers: when every row resolves to an actsteer model,
+    ``batch``/``abatch`` run one generate per chunk instead of one thread per row."""
+
+    def batch(self, inputs, config=None, *, return_exceptions=False, **kwargs):  # type: ignore[override]
+        """Batch with per-row configuration, as one generate per chunk."""
+        found = _prepared(self, inputs, config)
+        if found is None:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        prepared, size = found
+        calls = [partial(r.invoke, x, c, **kwargs) for (r, c), x in zip(prepared, inputs)]
+        return run_batched(calls, chunk_size=size, return_exceptions=return_exceptions)
+
+    async def abatch(self, inputs, config=None, *, return_exceptions=False, **kwargs):  # type: ignore[override]
+        """Async ``batch``, one generate per chunk off the event loop."""
+        found = _prepared(self, inputs, config)
+        if found is None:
+            return await super().abatch(
+                inputs, config, return_exceptions=return_exceptions, **kwargs
+            )
+        prepared, size = found
+        calls = [partial(r.ainvoke, x, c, **kwargs) for (r, c), x in zip(prepared, inputs)]
+        return await arun_batched(calls, chunk_size=size, return_exceptions=return_exceptions)
+
+
+class BatchedConfigurableFields(_RowBatching, RunnableConfigurableFields):
+    """``configurable_fields`` whose batch keeps differently configured rows in one generate."""
+
+
+class BatchedConfigurableAlternatives(_RowBatching, RunnableConfigurableAlternatives):
+    """``configurable_alternatives`` whose batch keeps rows of all alternatives in one generate."""
