@@ -8,6 +8,7 @@ reported as the share of the unsteered KL(P_prompt || P_none) that the vector re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,20 @@ from ..spec import SteeringLike
 def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """Per-position ``KL(P || Q)`` from log-probabilities ``(..., vocab)``."""
     return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def reply_perplexity(sm: SteeredModel, chats: Sequence[list], replies: Sequence[str]) -> float:
+    """Perplexity of ``replies`` to ``chats`` under the unsteered model: the quality cost of a
+    steering is the ratio of this for steered replies to that for unsteered ones."""
+    nll, n = 0.0, 0
+    for chat, reply in zip(chats, replies):
+        ids = sm.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        lp = sm.continuation_logprobs(chat, ids)
+        nll -= float(lp[range(len(ids)), ids].sum())
+        n += len(ids)
+    return math.exp(nll / n) if n else float("nan")
 
 
 @dataclass(frozen=True)

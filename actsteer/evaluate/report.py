@@ -4,7 +4,6 @@ and quality cost for each, plus the vector's fidelity to the prompt and its KL o
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -13,7 +12,7 @@ from typing import Any
 from ..data import neutral_inputs, neutral_texts
 from ..model import SteeredModel
 from ..spec import SteeringLike
-from . import Fidelity, fidelity, kl_divergence
+from . import Fidelity, fidelity, kl_divergence, reply_perplexity
 from .checks import get_check
 
 
@@ -121,19 +120,6 @@ def neutral_kl(sm: SteeredModel, steering: SteeringLike) -> float:
     return total / max(n, 1)
 
 
-def _perplexity(sm: SteeredModel, prompts: Sequence[str], replies: Sequence[str]) -> float:
-    """Perplexity of the replies under the unsteered model without any system prompt."""
-    nll, n = 0.0, 0
-    for prompt, reply in zip(prompts, replies):
-        if not reply.strip():
-            continue
-        lp = sm.continuation_logprobs([{"role": "user", "content": prompt}], reply)
-        ids = sm.tokenizer(reply, add_special_tokens=False)["input_ids"]
-        nll -= float(lp[range(len(ids)), ids].sum())
-        n += len(ids)
-    return math.exp(nll / n) if n else float("nan")
-
-
 def run_condition(
     sm: SteeredModel,
     name: str,
@@ -175,7 +161,9 @@ def run_condition(
         prompt_tokens=sum(tokens) / len(tokens),
         ttft_s=sorted(ttfts)[len(ttfts) // 2],
         tokens_per_s=sum(rates) / len(rates),
-        perplexity=_perplexity(sm, prompts, replies),
+        perplexity=reply_perplexity(
+            sm, [[{"role": "user", "content": p}] for p in prompts], replies
+        ),
         ppl_ratio=float("nan"),
         samples=tuple(samples),
     )

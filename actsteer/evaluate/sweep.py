@@ -4,7 +4,6 @@ and the setting that buys the most behaviour within a quality budget (the "steer
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from ..errors import SteeringSpecError
 from ..model import SteeredModel
 from ..spec import Steering
 from ..vector import SteeringVector
+from . import reply_perplexity
 from .checks import get_check
 
 #: Default quality budget: steered replies may be at most this much more perplexing.
@@ -42,18 +42,6 @@ def _vector_for(
     return presets.ready_vector(sm, source, layers=list(layers))
 
 
-def _perplexity(sm: SteeredModel, chats: Sequence[list], replies: Sequence[str]) -> float:
-    nll, n = 0.0, 0
-    for chat, reply in zip(chats, replies):
-        ids = sm.tokenizer(reply, add_special_tokens=False)["input_ids"]
-        if not ids:
-            continue
-        lp = sm.continuation_logprobs(chat, ids)
-        nll -= float(lp[range(len(ids)), ids].sum())
-        n += len(ids)
-    return math.exp(nll / n) if n else float("nan")
-
-
 def sweep(
     sm: SteeredModel,
     source: str | SteeringVector,
@@ -79,14 +67,16 @@ def sweep(
             layer_sets = [presets.get(source).layer_indices(sm.num_layers)]
         else:
             layer_sets = [list(source.layers)]
-    base = _perplexity(sm, chats, sm.generate_batch(chats, None, max_new_tokens=max_new_tokens))
+    base = reply_perplexity(
+        sm, chats, sm.generate_batch(chats, None, max_new_tokens=max_new_tokens)
+    )
     grid = [(tuple(ls), float(c)) for ls in layer_sets for c in coeffs]
     points = []
     for layers, coeff in tqdm(grid, desc="actsteer: sweep", disable=not progress):
         steering = Steering(_vector_for(sm, source, layers), coeff)
         replies = sm.generate_batch(chats, steering, max_new_tokens=max_new_tokens)
         results = [fn(r) for r in replies]
-        ppl = _perplexity(sm, chats, replies)
+        ppl = reply_perplexity(sm, chats, replies)
         points.append(
             SweepPoint(
                 coeff=coeff,
