@@ -44,6 +44,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/batch.py
+	$(PY) bench/template.py
+	# competitors for the extraction benchmark, installed without their (conflicting) pins
+	$(PY) -m pip install -q --no-deps -r bench/requirements.txt
+	$(PY) bench/extract.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -256,7 +256,13 @@ class SteeredModel:
             label = dataclasses.replace(t, coeff=1.0).canonical()
             if t.is_file:
                 vec = _load_vector_file(t.path or "", self.fingerprint)
-                if t.layers:
+                card = vec.meta.extra.get("steering_card")
+                if isinstance(card, Mapping) and "coeff" in card:
+                    # a calibrated file, like a preset: coefficient 1 is its calibrated setting
+                    vec = vec.select(t.layers or card.get("layers") or vec.layers) * float(
+                        card["coeff"]
+                    )
+                elif t.layers:
                     vec = vec.select(t.layers)
                 positions = "all"
             else:

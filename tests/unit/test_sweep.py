@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from conftest import build_tiny, random_vector
 
 from actsteer import SteeringSpecError
@@ -79,3 +80,6 @@ def test_calibrate_writes_a_card_that_generate_uses(sm, tmp_path):
     assert sm.generate("hi", loaded, max_new_tokens=5) == sm.generate(
         "hi", Steering(loaded, card["coeff"], layers=[2]), max_new_tokens=5
     )
+    (f,) = sm.resolve(f"file:{tmp_path / 'c.safetensors'}:2")
+    assert f.coeff == 1.0 and f.terms[0].coeff == 2.0
+    assert torch.allclose(f.terms[0].vector.directions[2], loaded.directions[2] * card["coeff"])
