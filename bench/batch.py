@@ -7,7 +7,11 @@ Sixteen chat requests, each with one of four steering settings, on the embedded 
   (d) a serialized wrapper in the style of existing steering wrappers: take a global lock,
       register plain forward hooks that add the vector, generate one prompt, remove the hooks
 Outputs of (b), (c) and (d) are checked equal (greedy decoding). Throughput counts generated
-tokens per second; conditions are interleaved round by round. Writes bench/results/batch.json.
+tokens per second; conditions are interleaved round by round. Because steered rows end (EOS) at
+other lengths than unsteered ones, a batch's useful tokens per decode step differ between (a) and
+(b); so the batched conditions also record decode steps per second (steps = the longest row),
+which compares the per-step cost of mixed steering with the unsteered ceiling directly.
+Writes bench/results/batch.json.
 Run: ``.venv/bin/python bench/batch.py [--rounds N] [--tokens N] [--requests N]``.
 """
 
@@ -113,13 +117,18 @@ def main() -> None:
     wrapper = GlobalHookWrapper(sm, args.tokens)
     chats = [[{"role": "user", "content": q}] for q in questions]
 
+    steps: dict[str, int] = {}
+
     def ceiling() -> tuple[list[str], int]:
         gens = sm.generate_batch_detailed(chats, None, max_new_tokens=args.tokens)
+        steps["a_ceiling_unsteered_batch"] = max(g.completion_tokens for g in gens)
         return [g.text for g in gens], sum(g.completion_tokens for g in gens)
 
     def batched() -> tuple[list[str], int]:
         msgs = knob.batch(questions, configs)
-        return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
+        counts = [m.usage_metadata["output_tokens"] for m in msgs]
+        steps["b_chatsteer_batch_mixed"] = max(counts)
+        return [m.content for m in msgs], sum(counts)
 
     def sequential() -> tuple[list[str], int]:
         msgs = [chat.invoke(q, steering=s) for q, s in zip(questions, steerings)]
@@ -141,11 +150,18 @@ def main() -> None:
         wrapper.invoke(QUESTIONS[0], s)
     texts: dict[str, list[str]] = {}
     samples: dict[str, list[float]] = {name: [] for name in conditions}
+    step_rates: dict[str, list[float]] = {
+        "a_ceiling_unsteered_batch": [],
+        "b_chatsteer_batch_mixed": [],
+    }
     for r in range(args.rounds):
         for name, fn in conditions.items():
             start = time.perf_counter()
             texts[name], tokens = fn()
-            samples[name].append(tokens / (time.perf_counter() - start))
+            took = time.perf_counter() - start
+            samples[name].append(tokens / took)
+            if name in step_rates:
+                step_rates[name].append(steps[name] / took)
         print(
             f"round {r + 1}/{args.rounds}: "
             + ", ".join(f"{n}={samples[n][-1]:.1f} tok/s" for n in conditions),
@@ -174,10 +190,16 @@ def main() -> None:
             texts["b_chatsteer_batch_mixed"][i] == texts["a_ceiling_unsteered_batch"][i]
             for i in unsteered_rows
         ),
+        "decode_steps_per_s": {n: summary(v) for n, v in step_rates.items()},
+        "steps_ratio_b_vs_ceiling": summary(step_rates["b_chatsteer_batch_mixed"])["median"]
+        / summary(step_rates["a_ceiling_unsteered_batch"])["median"],
         "targets": {"b_chatsteer_batch_mixed_vs_ceiling": 0.9},
     }
     path = write("batch", result)
-    print(f"\nwrote {path}; outputs equal: {equal}")
+    print(
+        f"\nwrote {path}; outputs equal: {equal}; decode steps/s of (b) vs (a): "
+        f"{result['steps_ratio_b_vs_ceiling']:.2f}x"
+    )
     for name in conditions:
         print(
             f"  {name:<28} {stats[name]['median']:8.1f} tok/s  "

@@ -221,6 +221,10 @@ def ready_vector(
     """The preset's vector on its default layers (or ``layers``), scaled so that coefficient 1 is
     its default strength: ``json:4`` is then four times the default."""
     preset = get(name)
+    key = (name, None if layers is None else tuple(layers))
+    memo = sm.__dict__.setdefault("_preset_vectors", {})  # per model: resolve is per call
+    if key in memo:
+        return memo[key]
     raw = load_or_extract(sm, preset, progress=progress)
     vec = raw.select(layers if layers is not None else preset.layer_indices(sm.num_layers))
     if preset.scale == "relative":
@@ -234,4 +238,5 @@ def ready_vector(
         )
     else:
         vec = vec * preset.coeff
-    return vec.with_meta(recommended_coeff=1.0)
+    memo[key] = vec = vec.with_meta(recommended_coeff=1.0)
+    return vec
