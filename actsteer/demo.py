@@ -84,9 +84,10 @@ def run_demo(
     for label, s in summary.items():
         say(f"  {label:<17} {s['prompt_tokens']:>13.1f}  {s['seconds_per_call']:6.2f}")
     saved = summary["system prompt"]["prompt_tokens"] - summary["template vector"]["prompt_tokens"]
+    say()
     say(
         textwrap.fill(
-            "\nWhat you are seeing: one small model, the same user messages. The system "
+            "What you are seeing: one small model, the same user messages. The system "
             f"prompt costs {saved:.0f} extra prompt tokens on every call (SmolLM2's chat template "
             "sends its own short default system prompt when none is given, so the saving here is "
             "the difference; a long production system prompt saves far more); the template "
