@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/actsteer demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
