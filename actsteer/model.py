@@ -325,14 +325,7 @@ class SteeredModel:
         starts: torch.Tensor | None = None,
     ) -> hooks.Plan | None:
         """The hook plan for a batch whose row ``i`` carries ``steerings[i]``."""
-        compiled = [self.row_spec(s) for s in steerings]
-        plan = hooks.Plan.build(
-            [c[0] for c in compiled],
-            prompt_len=prompt_len,
-            starts=starts,
-            descriptions=[c[1] or "" for c in compiled],
-        )
-        return None if plan is None else plan.to(self._layer_devices, self._layer_dtypes)
+        return self._build_plan([self.row_spec(s) for s in steerings], prompt_len, starts)
 
     @contextlib.contextmanager
     def steer(self, steering: SteeringLike) -> Iterator[hooks.Plan | None]:
@@ -697,10 +690,14 @@ class SteeredModel:
         return ids.to(self.device), mask.to(self.device)
 
     def _plan_from(self, compiled, prompt_len: int, mask: torch.Tensor) -> hooks.Plan | None:
+        """The plan for a left-padded batch: each row's first real token from its mask."""
+        return self._build_plan(compiled, prompt_len, (mask == 0).sum(dim=1).cpu())
+
+    def _build_plan(self, compiled, prompt_len, starts) -> hooks.Plan | None:
         plan = hooks.Plan.build(
             [c[0] for c in compiled],
             prompt_len=prompt_len,
-            starts=(mask == 0).sum(dim=1).cpu(),
+            starts=starts,
             descriptions=[c[1] or "" for c in compiled],
         )
         return None if plan is None else plan.to(self._layer_devices, self._layer_dtypes)
