@@ -43,16 +43,8 @@ from actsteer import SteeredModel
 from actsteer.generation import Generation
 from actsteer.model import Prompt
 
-from ._common import (
-    Row,
-    SteerFields,
-    agenerate_one,
-    arun_batched,
-    generate_one,
-    run_batched,
-    steering_key,
-    usage,
-)
+from ._batching import agenerate_one, arun_batched, generate_one, run_batched
+from ._common import Row, SteerFields, steering_key, usage
 
 _MULTIMODAL = {"image", "image_url", "audio", "input_audio", "video", "file"}
 

@@ -18,7 +18,8 @@ from pydantic import ConfigDict
 
 from actsteer.generation import Generation
 
-from ._common import Row, SteerFields, agenerate_one, generate_one, usage
+from ._batching import agenerate_one, generate_one
+from ._common import Row, SteerFields, usage
 
 
 class SteerLLM(SteerFields, BaseLLM):
