@@ -63,15 +63,26 @@ class SeededSampler(LogitsProcessor):
 
 
 class CancelCriteria(StoppingCriteria):
-    """Stops every row once ``event`` is set (a cancelled task or an abandoned stream)."""
+    """Stops rows whose cancel event is set (a cancelled task or an abandoned stream): one event
+    for every row, or one per row when a batch merges independent requests. ``stopped_at`` maps
+    each stopped row to its length when it stopped (generate pads the row after that)."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, event: threading.Event | Sequence[threading.Event]) -> None:
+        self.events = [event] if isinstance(event, threading.Event) else list(event)
+        self.stopped_at: dict[int, int] = {}
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw
     ) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        rows = input_ids.shape[0]
+        if len(self.events) == 1:
+            flags = [self.events[0].is_set()] * rows
+        else:
+            flags = [e.is_set() for e in self.events]
+        for row, flag in enumerate(flags):
+            if flag:
+                self.stopped_at.setdefault(row, input_ids.shape[1])
+        return torch.tensor(flags, dtype=torch.bool)
 
 
 class TokenQueue(BaseStreamer):

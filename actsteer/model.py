@@ -20,7 +20,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from . import hooks
+from . import hooks, worker
 from .errors import GenerationError, LayerError, SteeringSpecError
 from .generation import (
     CancelCriteria,
@@ -481,21 +481,39 @@ class SteeredModel:
             return []
         per_row = _per_row(steering, len(prompts))
         stop = _check_options(max_new_tokens, temperature, top_p, stop)
-        encoded = [self.encode(p) for p in prompts]
-        ids, mask = self._pad(encoded)
-        compiled = [self.row_spec(s) for s in per_row]
-        plan = self._plan_from(compiled, ids.shape[1], mask)
-        cancel = cancel or threading.Event()
-        out = self._generate_ids(
-            ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, cancel
+        encoded, compiled = self._prepare_rows(prompts, per_row)
+        cancels = [cancel or threading.Event()] * len(encoded)
+        return self._generate_rows(
+            encoded, compiled, cancels, max_new_tokens, temperature, top_p, stop, seed
         )
-        results = []
-        for row, tokens in enumerate(encoded):
-            new = out[row, ids.shape[1] :].tolist()
-            results.append(
-                self._finish(tokens, new, stop, max_new_tokens, cancel, compiled[row][1])
+
+    def _prepare_rows(self, prompts: Sequence[Prompt], per_row: Sequence[SteeringLike]):
+        """Token ids and compiled steering per row: where a bad prompt or spec fails."""
+        return [self.encode(p) for p in prompts], [self.row_spec(s) for s in per_row]
+
+    def _generate_rows(
+        self, encoded, compiled, cancels, max_new_tokens, temperature, top_p, stop, seed
+    ) -> list[Generation]:
+        """One left-padded generate of prepared rows; ``cancels`` holds each row's event (a
+        cancelled row ends where it stopped while the others go on)."""
+        ids, mask = self._pad(encoded)
+        plan = self._plan_from(compiled, ids.shape[1], mask)
+        criteria = CancelCriteria(cancels)
+        out = self._generate_ids(
+            ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, criteria
+        )
+        width = out.shape[1]
+        return [
+            self._finish(
+                tokens,
+                out[row, ids.shape[1] : criteria.stopped_at.get(row, width)].tolist(),
+                stop,
+                max_new_tokens,
+                cancels[row],
+                compiled[row][1],
             )
-        return results
+            for row, tokens in enumerate(encoded)
+        ]
 
     def stream(
         self,
@@ -626,17 +644,27 @@ class SteeredModel:
         self,
         prompts: Sequence[Prompt],
         steering: SteeringLike | Sequence[SteeringLike] = None,
-        **kw: Any,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
     ) -> list[Generation]:
-        """``generate_batch_detailed`` without blocking the event loop."""
-        cancel = threading.Event()
-        try:
-            return await asyncio.to_thread(
-                self.generate_batch_detailed, prompts, steering, cancel=cancel, **kw
-            )
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
+        """``generate_batch_detailed`` without blocking the event loop. Runs on actsteer's
+        generation thread, which merges calls waiting at the same time (same options) into one
+        batched generate, so ``asyncio.gather`` of many calls batches by itself; each row is
+        still steered only by its own call. Cancelling the task stops its rows."""
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise SteeringSpecError("generate_batch needs a list of prompts")
+        if not prompts:
+            return []
+        per_row = _per_row(steering, len(prompts))
+        stop = _check_options(max_new_tokens, temperature, top_p, stop)
+        job = worker.Job(
+            self, list(prompts), per_row, (max_new_tokens, temperature, top_p, stop, seed)
+        )
+        return await worker.run(job)
 
     async def astream(
         self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
@@ -716,7 +744,9 @@ class SteeredModel:
         processors = LogitsProcessorList()
         if temperature > 0:
             processors.append(SeededSampler(ids.shape[0], temperature, top_p, seed))
-        criteria = StoppingCriteriaList([CancelCriteria(cancel)])
+        if not isinstance(cancel, CancelCriteria):
+            cancel = CancelCriteria(cancel)
+        criteria = StoppingCriteriaList([cancel])
         state = hooks.CallState(plan) if plan is not None else None
         with torch.inference_mode(), hooks.activate(state):
             return self.model.generate(

@@ -172,13 +172,15 @@ async def test_async_paths_equal_sync_and_do_not_block_the_loop(chat, vec, monke
     pieces = [c.content async for c in chat.astream("tell me", steering=vec)]
     assert "".join(pieces) == ref.content
     sm = chat.steered_model()
-    slow = sm.generate_batch_detailed
+    slow = sm._generate_rows
 
     def sleepy(*args, **kwargs):
         time.sleep(0.3)  # a blocking generate; the event loop must keep running meanwhile
+        slept.append(1)
         return slow(*args, **kwargs)
 
-    monkeypatch.setattr(sm, "generate_batch_detailed", sleepy)
+    slept: list[int] = []
+    monkeypatch.setattr(sm, "_generate_rows", sleepy)
     ticks = 0
 
     async def ticker():
@@ -191,7 +193,7 @@ async def test_async_paths_equal_sync_and_do_not_block_the_loop(chat, vec, monke
     await chat.ainvoke("tell me")
     await chat.abatch(["a", "b"])
     task.cancel()
-    assert ticks >= 20
+    assert len(slept) == 2 and ticks >= 20
 
 
 def test_cache_never_mixes_steered_and_unsteered(sm, vec, monkeypatch):

@@ -4,6 +4,7 @@ reference, and a batch is one batched generate (tiny random model)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -53,15 +54,15 @@ def references(sm, settings, inputs):
 
 @pytest.fixture
 def calls(sm, monkeypatch):
-    """Batch sizes of every generate the engine runs."""
+    """Batch sizes of every generate the engine runs (sync and async)."""
     sizes: list[int] = []
-    real = sm.generate_batch_detailed
+    real = sm._generate_rows
 
-    def counting(prompts, *args, **kwargs):
-        sizes.append(len(prompts))
-        return real(prompts, *args, **kwargs)
+    def counting(encoded, *args, **kwargs):
+        sizes.append(len(encoded))
+        return real(encoded, *args, **kwargs)
 
-    monkeypatch.setattr(sm, "generate_batch_detailed", counting)
+    monkeypatch.setattr(sm, "_generate_rows", counting)
     return sizes
 
 
@@ -178,3 +179,65 @@ def test_cached_rows_skip_the_batch(sm, settings, inputs, calls):
     assert [m.content for m in out] == [
         fresh.invoke(x, steering=settings[2]).content for x in inputs[:6]
     ]
+
+
+def test_batch_generates_in_the_calling_thread(sm, knob, settings, inputs, monkeypatch):
+    """torch on CPU keeps one OpenMP team per thread; a second team slows both, so the batch's
+    generate runs where the caller's own torch work runs, not in a per-row thread."""
+    threads: list[int] = []
+    real = sm.generate_batch_detailed
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sm, "generate_batch_detailed", recording)
+    knob.batch(inputs[:4], _configs(settings, 4))
+    assert threads == [threading.get_ident()]
+    worker: list[int] = []
+
+    def in_worker() -> None:
+        worker.append(threading.get_ident())
+        knob.batch(inputs[:4], _configs(settings, 4))
+
+    t = threading.Thread(target=in_worker)
+    t.start()
+    t.join(60)
+    assert threads[1:] == worker
+
+
+def test_a_failing_generate_fails_every_row(sm, knob, settings, inputs, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(sm, "generate_batch_detailed", broken)
+    out = knob.batch(inputs[:4], _configs(settings, 4), return_exceptions=True)
+    assert [str(e) for e in out] == ["device lost"] * 4
+    with pytest.raises(RuntimeError, match="device lost"):
+        knob.batch(inputs[:4], _configs(settings, 4))
+
+
+class Interrupt(BaseException):
+    """Stands in for KeyboardInterrupt arriving while the batch generates."""
+
+
+def test_an_interrupted_batch_releases_every_row(sm, knob, settings, inputs, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise Interrupt
+
+    monkeypatch.setattr(sm, "generate_batch_detailed", interrupted)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            knob.batch(inputs[:4], _configs(settings, 4))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the batch hung after an interrupt"
+    assert len(outcome) == 1 and isinstance(outcome[0], Interrupt)
+    monkeypatch.undo()
+    assert len(knob.batch(inputs[:2], _configs(settings, 2))) == 2  # the model still works

@@ -1,0 +1,159 @@
+"""The async generation thread: calls waiting together merge into one generate, each row equal
+to its call alone; bad input, other options and cancellation stay per call."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from conftest import build_tiny, random_vector
+
+from actsteer import Steering, SteeringVector, worker
+from actsteer.errors import VectorShapeError
+
+GEN = {"max_new_tokens": 8}
+PROMPTS = [f"query {i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def sm():
+    return build_tiny("qwen2", seed=11)
+
+
+@pytest.fixture(scope="module")
+def settings(sm):
+    a, b = (random_vector(sm, [1, 2], 2.0, seed=s) for s in (1, 2))
+    return [None, Steering(a), Steering(b, -1.0, positions="generated"), [a, Steering(b, 0.5)]]
+
+
+@pytest.fixture(scope="module")
+def references(sm, settings):
+    refs = [sm.generate(p, settings[i % 4], **GEN) for i, p in enumerate(PROMPTS)]
+    assert len(set(refs[:4])) == 4  # a mix-up between rows would show
+    return refs
+
+
+@pytest.fixture
+def gate(sm, monkeypatch):
+    """Holds the first generate until released, so that later calls queue up behind it; records
+    each generate's row count and thread."""
+    release = threading.Event()
+    runs: list[tuple[int, str]] = []
+    real = sm._generate_rows
+
+    def gated(encoded, *args, **kwargs):
+        if not runs:
+            release.wait(30)
+        runs.append((len(encoded), threading.current_thread().name))
+        out = real(encoded, *args, **kwargs)
+        results.append(out)
+        return out
+
+    results: list = []
+    monkeypatch.setattr(sm, "_generate_rows", gated)
+    return release, runs, results
+
+
+async def _until_queued() -> None:
+    await asyncio.sleep(0.2)  # lets every task reach the queue
+
+
+async def test_waiting_calls_merge_into_one_generate(sm, settings, references, gate):
+    release, runs, _ = gate
+    first = asyncio.create_task(sm.agenerate(PROMPTS[0], settings[0], **GEN))
+    await asyncio.sleep(0.1)
+    rest = [
+        asyncio.create_task(sm.agenerate(p, settings[i % 4], **GEN))
+        for i, p in enumerate(PROMPTS)
+        if i
+    ]
+    await _until_queued()
+    release.set()
+    outs = [await first] + [await t for t in rest]
+    assert outs == references
+    assert [n for n, _ in runs] == [1, len(PROMPTS) - 1]
+    assert {name for _, name in runs} == {"actsteer-generate"}
+
+
+async def test_other_options_do_not_merge(sm, settings, references, gate):
+    release, runs, _ = gate
+    first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
+    await asyncio.sleep(0.1)
+    same = [asyncio.create_task(sm.agenerate(PROMPTS[i], settings[i], **GEN)) for i in (1, 2)]
+    longer = asyncio.create_task(sm.agenerate(PROMPTS[3], settings[3], max_new_tokens=12))
+    await _until_queued()
+    release.set()
+    assert [await first] + [await t for t in same] == references[:3]
+    longer_text = await longer
+    assert sorted(n for n, _ in runs) == [1, 1, 2]
+    assert longer_text == sm.generate(PROMPTS[3], settings[3], max_new_tokens=12)
+
+
+async def test_a_bad_call_fails_alone(sm, settings, references, gate):
+    release, runs, _ = gate
+    first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
+    await asyncio.sleep(0.1)
+    wrong = SteeringVector({1: [1.0, 2.0, 3.0]})  # not the model's hidden size
+    bad = asyncio.create_task(sm.agenerate(PROMPTS[1], wrong, **GEN))
+    good = asyncio.create_task(sm.agenerate(PROMPTS[2], settings[2], **GEN))
+    await _until_queued()
+    release.set()
+    assert await first == references[0]
+    with pytest.raises(VectorShapeError):
+        await bad
+    assert await good == references[2]
+    assert [n for n, _ in runs] == [1, 1]  # the bad call never reached a generate
+
+
+async def test_cancelling_one_call_keeps_the_others(sm, settings, references, gate):
+    release, runs, _ = gate
+    first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
+    await asyncio.sleep(0.1)
+    queued = asyncio.create_task(sm.agenerate(PROMPTS[1], settings[1], **GEN))
+    kept = asyncio.create_task(sm.agenerate(PROMPTS[2], settings[2], **GEN))
+    await _until_queued()
+    queued.cancel()  # cancelled while queued: never generated
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert await first == references[0] and await kept == references[2]
+    assert [n for n, _ in runs] == [1, 1]
+
+
+async def test_cancelling_a_running_merged_row_stops_only_it(sm, settings, gate):
+    release, runs, results = gate
+    first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
+    await asyncio.sleep(0.1)
+    opts = {"max_new_tokens": 400}
+    long = asyncio.create_task(sm.agenerate_detailed(PROMPTS[0], **opts))
+    kept = asyncio.create_task(sm.agenerate_detailed(PROMPTS[1], settings[1], **opts))
+    await _until_queued()
+    release.set()
+    await first
+    slow = sm.layers[0].register_forward_hook(lambda *a: time.sleep(0.005))  # 400 steps: 2 s
+    try:
+        await asyncio.sleep(0.3)  # the merged generate of long + kept is running
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        done = await kept
+    finally:
+        slow.remove()
+    assert [n for n, _ in runs] == [1, 2]
+    stopped = results[1][0]
+    assert stopped.finish_reason == "cancelled" and stopped.completion_tokens < 400
+    assert done.text == sm.generate(PROMPTS[1], settings[1], **opts)
+
+
+async def test_merging_respects_the_row_cap(sm, references, gate, monkeypatch):
+    monkeypatch.setattr(worker, "MAX_MERGED_ROWS", 2)
+    release, runs, _ = gate
+    first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
+    await asyncio.sleep(0.1)
+    rest = [asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN)) for _ in range(5)]
+    await _until_queued()
+    release.set()
+    assert [await first] + [await t for t in rest] == [references[0]] * 6
+    assert [n for n, _ in runs] == [1, 2, 2, 1]
