@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -280,6 +281,10 @@ class SteeredModel:
 
     def activation_norms(self) -> dict[int, float]:
         """Each layer's typical hidden-state norm on neutral text (computed once, then cached)."""
+        if self._norms is not None:
+            return dict(self._norms)
+        if not worker.here():  # computed on the worker, where the lock is only ever taken
+            return worker.call(self.activation_norms)
         with self._norms_lock:
             if self._norms is None:
                 states = self.hidden_states(list(_NORM_TEXTS), range(self.num_layers))
@@ -371,6 +376,17 @@ class SteeredModel:
         progress: bool | None = None,
     ) -> dict[int, list[torch.Tensor]]:
         """``hidden_states`` for token-id sequences; a progress bar shows on long reads."""
+        if not worker.here():
+            return worker.call(
+                partial(
+                    self.hidden_states_of_ids,
+                    encoded,
+                    layers,
+                    steering=steering,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+            )
         from tqdm.auto import tqdm
 
         layers = sorted(set(layers))
@@ -408,6 +424,8 @@ class SteeredModel:
         """Teacher-forced log-probabilities ``(tokens, vocab)`` that the model, steered as in a
         generate call of ``prompt``, assigns at each position of ``continuation``. The
         continuation counts as generated tokens, so ``positions="generated"`` applies to it."""
+        if not worker.here():
+            return worker.call(partial(self.continuation_logprobs, prompt, continuation, steering))
         prompt_ids = self.encode(prompt)
         cont = (
             self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -482,17 +500,28 @@ class SteeredModel:
         per_row = _per_row(steering, len(prompts))
         stop = _check_options(max_new_tokens, temperature, top_p, stop)
         encoded, compiled = self._prepare_rows(prompts, per_row)
-        cancels = [cancel or threading.Event()] * len(encoded)
-        return self._generate_rows(
-            encoded, compiled, cancels, max_new_tokens, temperature, top_p, stop, seed
-        )
+        options = (max_new_tokens, temperature, top_p, stop, seed)
+        cancel = cancel or threading.Event()
+        if worker.here():
+            return self._generate_rows(encoded, compiled, [cancel] * len(encoded), *options)
+        job = worker.Job(self, list(prompts), per_row, options, (encoded, compiled), cancel=cancel)
+        return worker.wait(job)
 
     def _prepare_rows(self, prompts: Sequence[Prompt], per_row: Sequence[SteeringLike]):
         """Token ids and compiled steering per row: where a bad prompt or spec fails."""
         return [self.encode(p) for p in prompts], [self.row_spec(s) for s in per_row]
 
     def _generate_rows(
-        self, encoded, compiled, cancels, max_new_tokens, temperature, top_p, stop, seed
+        self,
+        encoded,
+        compiled,
+        cancels,
+        max_new_tokens,
+        temperature,
+        top_p,
+        stop,
+        seed,
+        streamer=None,
     ) -> list[Generation]:
         """One left-padded generate of prepared rows; ``cancels`` holds each row's event (a
         cancelled row ends where it stopped while the others go on)."""
@@ -500,7 +529,7 @@ class SteeredModel:
         plan = self._plan_from(compiled, ids.shape[1], mask)
         criteria = CancelCriteria(cancels)
         out = self._generate_ids(
-            ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, criteria
+            ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, criteria, streamer
         )
         width = out.shape[1]
         return [
@@ -531,79 +560,40 @@ class SteeredModel:
     ) -> Iterator[str]:
         """Yield the completion in pieces; the pieces join to exactly ``generate``'s text.
         Abandoning the iterator stops generation and leaves no steering behind. ``on_finish``
-        gets the finished ``Generation`` (token counts, finish reason) after the last piece."""
+        gets the finished ``Generation`` (token counts, finish reason) after the last piece.
+        ``timeout``: seconds to wait for the next token (time queued behind other generations
+        counts) before failing."""
+        if worker.here():
+            raise GenerationError("stream() cannot be called from actsteer's generation thread")
         stop = _check_options(max_new_tokens, temperature, top_p, stop)
-        tokens = self.encode(prompt)
-        ids, mask = self._pad([tokens])
-        compiled = [self.row_spec(steering)]
-        plan = self._plan_from(compiled, ids.shape[1], mask)
-        cancel = cancel or threading.Event()
-        report = None
-        if on_finish is not None:
-
-            def report(new: list[int]) -> None:
-                on_finish(self._finish(tokens, new, stop, max_new_tokens, cancel, compiled[0][1]))
-
-        return self._stream(
-            ids,
-            mask,
-            plan,
-            max_new_tokens,
-            temperature,
-            top_p,
-            stop,
-            seed,
-            timeout,
-            cancel,
-            report,
+        per_row = [steering]
+        encoded, compiled = self._prepare_rows([prompt], per_row)
+        job = worker.Job(
+            self,
+            [prompt],
+            per_row,
+            (max_new_tokens, temperature, top_p, stop, seed),
+            (encoded, compiled),
+            stream=TokenQueue(),
+            cancel=cancel or threading.Event(),
         )
+        return self._stream(job, timeout, on_finish)
 
     def _stream(
         self,
-        ids,
-        mask,
-        plan,
-        max_new_tokens,
-        temperature,
-        top_p,
-        stop,
-        seed,
-        timeout,
-        cancel,
-        report=None,
-    ):
-        streamer = TokenQueue()
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self._generate_ids(
-                    ids,
-                    mask,
-                    plan,
-                    max_new_tokens,
-                    temperature,
-                    top_p,
-                    stop,
-                    seed,
-                    cancel,
-                    streamer,
-                )
-            except BaseException as exc:  # re-raised in the consumer
-                failure.append(exc)
-            finally:
-                streamer.end()
-
-        import contextvars
-
-        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
-        worker.start()
+        job: worker.Job,
+        timeout: float | None,
+        on_finish: Callable[[Generation], None] | None,
+    ) -> Iterator[str]:
+        max_new_tokens, _, _, stop, _ = job.options
+        tokens, steering = job.rows[0][0], job.rows[1][0][1]  # type: ignore[index]
+        future = worker.submit(job)
         new: list[int] = []
         sent = 0
         try:
             while True:
                 try:
-                    item = streamer.queue.get(timeout=timeout)
+                    item = job.stream.queue.get(timeout=timeout)  # type: ignore[union-attr]
                 except Exception as exc:
                     raise GenerationError(f"no token arrived within {timeout} s") from exc
                 if item is TokenQueue.END:
@@ -616,19 +606,18 @@ class SteeredModel:
                     yield text[sent:upto]
                     sent = upto
                 if hit:
-                    cancel.set()
+                    job.cancel.set()
                     break
-            worker.join()
-            if failure:
-                raise failure[0]
+            if not job.cancel.is_set() or (future.done() and not future.cancelled()):
+                future.result()  # re-raises a failed generate
             text, _ = cut_at_stop(self._decode(new), stop)
             if len(text) > sent:
                 yield text[sent:]
-            if report is not None:
-                report(new)
+            if on_finish is not None:
+                on_finish(self._finish(tokens, new, stop, max_new_tokens, job.cancel, steering))
         finally:
-            cancel.set()
-            worker.join()
+            job.cancel.set()  # an abandoned stream's row stops at the next step
+            future.cancel()  # ... or never starts
 
     async def agenerate(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> str:
         """``generate`` in a worker thread; cancelling the task stops the generation."""

@@ -1,14 +1,18 @@
-"""The thread that runs actsteer's async generations, merging calls that wait at the same time
-into one batched generate.
+"""The one thread that runs actsteer's forward passes, merging generate calls that wait at the
+same time into one batched generate.
 
-Why one thread rather than ``asyncio.to_thread``: torch on CPU keeps an OpenMP thread team per
-calling thread, and while two teams are alive libgomp throttles its spin-waiting, so every op of
-every decode step pays a thread wake-up (15 to 40 % slower on a 2-core machine). The default
-executor spreads calls over several threads, each leaving a team behind. One worker keeps async
-generation on one team; and since calls queue there anyway, it batches them: n concurrent
-``agenerate`` calls with equal options cost one padded generate instead of n. Rows stay
-independent (per-row steering, per-row seeded sampling, per-row cancellation), so a merged row
-gives what the call alone gives.
+Why one thread: torch on CPU keeps an OpenMP thread team per calling thread, and while two teams
+are alive libgomp throttles its spin-waiting, so every op of every decode step pays a thread
+wake-up (15 to 40 % slower on a 2-core machine, ``bench/batch.py``). Generating in whichever
+thread calls (a thread pool, ``asyncio.to_thread``'s executor, a streaming thread) leaves teams
+behind that slow everything after. Here every generate, stream and activation read runs on one
+thread, whatever thread or task asks for it.
+
+And since calls queue there anyway, they batch: calls waiting together with equal options are
+merged (up to ``MAX_MERGED_ROWS`` rows) into one padded generate, so a thread pool of ``invoke``
+calls or an ``asyncio.gather`` of ``ainvoke`` calls costs about one batched generate instead of
+one each. Rows stay independent (per-row steering, seeded sampling, cancellation and streaming),
+so a merged row gives what the call alone gives.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import asyncio
 import collections
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from .generation import Generation
+    from .generation import Generation, TokenQueue
     from .model import SteeredModel
+
+T = TypeVar("T")
 
 #: Most rows merged into one generate; a single call with more rows still runs (alone).
 MAX_MERGED_ROWS = 32
@@ -31,41 +38,58 @@ MAX_MERGED_ROWS = 32
 
 @dataclass(eq=False)
 class Job:
-    """One async generate call: its prompts, per-row steering and options."""
+    """One generate call: prompts, per-row steering and options, prepared by the caller (sync
+    calls, which then fail early and in their own thread) or on the worker (async calls)."""
 
     sm: SteeredModel
     prompts: list[Any]
     steering: list[Any]
     options: tuple[Any, ...]
     """``(max_new_tokens, temperature, top_p, stop, seed)``: calls merge only when equal."""
-    future: Future = field(default_factory=Future)
+    rows: tuple[list[list[int]], list[Any]] | None = None
+    """``(encoded, compiled)`` once prepared."""
+    stream: TokenQueue | None = None
+    """For a one-row streaming call: where its new tokens go, step by step."""
     cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future = field(default_factory=Future)
 
     @property
     def key(self) -> tuple[Any, ...]:
         return (id(self.sm), self.options)
 
 
+@dataclass(eq=False)
+class _Call:
+    """Any other model work (reading activations): runs alone, in order."""
+
+    fn: Callable[[], Any]
+    future: Future = field(default_factory=Future)
+
+
 class _Worker:
-    """A daemon thread serving a queue of jobs (started on first use, and again after a fork)."""
+    """A daemon thread serving a queue (started on first use, and again after a fork)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | _Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def submit(self, job: Job) -> Future:
+    def here(self) -> bool:
+        """Whether the calling thread is the worker (whose calls run directly)."""
+        return threading.current_thread() is self._thread
+
+    def submit(self, item: Job | _Call) -> Future:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="actsteer-generate", daemon=True
                 )
                 self._thread.start()
-        self._queue.put(job)
-        return job.future
+        self._queue.put(item)
+        return item.future
 
     def _loop(self) -> None:
-        held: collections.deque[Job] = collections.deque()
+        held: collections.deque[Job | _Call] = collections.deque()
         while True:
             if not held:
                 held.append(self._queue.get())
@@ -74,29 +98,50 @@ class _Worker:
                     held.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if isinstance(held[0], _Call):
+                _run_call(held.popleft())
+                continue
             group = _take_group(held)
             if group:
                 _run_group(group)
-            del group  # drop references to models and prompts while idle
+            del group  # hold no models or prompts while idle
 
 
-def _take_group(held: collections.deque[Job]) -> list[Job]:
-    """The oldest job and every later one that can share its generate, prepared; jobs that
-    were cancelled while queued are dropped, jobs whose input is invalid fail alone."""
+def _run_call(call: _Call) -> None:
+    if not call.future.set_running_or_notify_cancel():
+        return
+    try:
+        result = call.fn()
+    except BaseException as exc:  # the caller re-raises it
+        call.future.set_exception(exc)
+    else:
+        call.future.set_result(result)
+
+
+def _take_group(held: collections.deque[Job | _Call]) -> list[Job]:
+    """The oldest job and every later one that can share its generate, prepared; cancelled
+    jobs are dropped and jobs with invalid input fail alone."""
     group: list[Job] = []
     rows = 0
     key = None
     for job in list(held):
+        if not isinstance(job, Job):
+            continue
         if key is not None and (job.key != key or rows + len(job.prompts) > MAX_MERGED_ROWS):
             continue
         held.remove(job)
+        if job.cancel.is_set():
+            job.future.cancel()
         if not job.future.set_running_or_notify_cancel():
+            if job.stream is not None:
+                job.stream.end()
             continue
-        try:
-            job.rows = job.sm._prepare_rows(job.prompts, job.steering)  # type: ignore[attr-defined]
-        except Exception as exc:
-            job.future.set_exception(exc)
-            continue
+        if job.rows is None:
+            try:
+                job.rows = job.sm._prepare_rows(job.prompts, job.steering)
+            except Exception as exc:
+                job.future.set_exception(exc)
+                continue
         group.append(job)
         rows += len(job.prompts)
         key = job.key
@@ -107,34 +152,89 @@ def _run_group(group: list[Job]) -> None:
     encoded: list[list[int]] = []
     compiled: list[Any] = []
     cancels: list[threading.Event] = []
+    streams: list[tuple[int, TokenQueue]] = []
     for job in group:
-        enc, comp = job.rows  # type: ignore[attr-defined]
+        enc, comp = job.rows  # type: ignore[misc]
+        if job.stream is not None:
+            streams.append((len(encoded), job.stream))
         encoded += enc
         compiled += comp
         cancels += [job.cancel] * len(enc)
+    streamer = _Fanout(streams) if streams else None
+    sm, options = group[0].sm, group[0].options
     try:
-        gens = group[0].sm._generate_rows(encoded, compiled, cancels, *group[0].options)
+        gens = sm._generate_rows(encoded, compiled, cancels, *options, streamer=streamer)
     except BaseException as exc:  # every caller of the group re-raises it
         for job in group:
             job.future.set_exception(exc)
         if not isinstance(exc, Exception):
             raise
         return
+    finally:
+        for _, stream in streams:
+            stream.end()
     start = 0
     for job in group:
         job.future.set_result(gens[start : start + len(job.prompts)])
         start += len(job.prompts)
 
 
+class _Fanout:
+    """A generate() streamer that hands each streaming row its own tokens."""
+
+    def __init__(self, streams: list[tuple[int, TokenQueue]]) -> None:
+        self.streams = streams
+        self._seen_prompt = False
+
+    def put(self, value: Any) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True  # generate() first sends the prompt itself
+            return
+        tokens = value.reshape(-1).tolist()
+        for row, stream in self.streams:
+            stream.queue.put([tokens[row]])
+
+    def end(self) -> None:
+        """Streams end in ``_run_group``, also when generate fails."""
+
+
 _WORKER = _Worker()
 
 
+def here() -> bool:
+    """Whether the calling thread is actsteer's generation thread."""
+    return _WORKER.here()
+
+
+def submit(job: Job) -> Future:
+    """Queue ``job``; its future gets one ``Generation`` per prompt."""
+    return _WORKER.submit(job)
+
+
+def wait(job: Job) -> list[Generation]:
+    """Run ``job`` on the worker and block until its rows are done; an interrupt while waiting
+    (KeyboardInterrupt) stops the job's rows before it propagates."""
+    future = _WORKER.submit(job)
+    try:
+        return future.result()
+    except BaseException:
+        job.cancel.set()
+        raise
+
+
 async def run(job: Job) -> list[Generation]:
-    """Queue ``job`` on the generation thread and wait for its rows without blocking the loop;
-    cancelling the awaiting task stops the job's rows (or drops the job if still queued)."""
+    """Run ``job`` on the worker without blocking the event loop; cancelling the awaiting task
+    stops the job's rows (or drops the job if it is still queued)."""
     future = _WORKER.submit(job)
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
         job.cancel.set()
         raise
+
+
+def call(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the worker (directly when already there) and return its result."""
+    if _WORKER.here():
+        return fn()
+    return _WORKER.submit(_Call(fn)).result()

@@ -6,21 +6,29 @@ Sixteen chat requests, each with one of four steering settings, on the embedded 
   (c) sequential ``ChatSteer.invoke`` calls
   (d) a serialized wrapper in the style of existing steering wrappers: take a global lock,
       register plain forward hooks that add the vector, generate one prompt, remove the hooks
-Outputs of (b), (c) and (d) are checked equal (greedy decoding). Throughput counts generated
+      (run in a thread of its own, so that its OpenMP team does not outlive it)
+  (e) ``ChatSteer`` abatch: the async path of (b)
+  (f) ``asyncio.gather`` of 16 ``ainvoke`` calls, each with its own steering: actsteer's
+      generation thread merges the calls that wait together (the first runs alone while the
+      others queue, so expect two generates)
+  (g) a thread pool of 16 ``invoke`` calls, each with its own steering: merged the same way
+Outputs of (b) to (g) are checked equal (greedy decoding). Throughput counts generated
 tokens per second; conditions are interleaved round by round. Because steered rows end (EOS) at
 other lengths than unsteered ones, a batch's useful tokens per decode step differ between (a) and
 (b); so the batched conditions also record decode steps per second (steps = the longest row),
 which compares the per-step cost of mixed steering with the unsteered ceiling directly.
-Writes bench/results/batch.json.
+Writes bench/results/batch.json and batch.png.
 Run: ``.venv/bin/python bench/batch.py [--rounds N] [--tokens N] [--requests N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, summary, write
+from _common import RESULTS, machine, summary, write
 from langchain_core.runnables import ConfigurableField
 
 from actsteer import SteeredModel
@@ -135,19 +143,49 @@ def main() -> None:
         return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
 
     def serialized() -> tuple[list[str], int]:
-        outs = [wrapper.invoke(q, s) for q, s in zip(questions, steerings)]
+        # in a thread of its own that then exits: its torch OpenMP team goes with it and does
+        # not slow the other conditions (see actsteer/worker.py)
+        outs: list[tuple[str, int]] = []
+        thread = threading.Thread(
+            target=lambda: outs.extend(wrapper.invoke(q, s) for q, s in zip(questions, steerings))
+        )
+        thread.start()
+        thread.join()
         return [t for t, _ in outs], sum(n for _, n in outs)
+
+    def abatched() -> tuple[list[str], int]:
+        msgs = asyncio.run(knob.abatch(questions, configs))
+        return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
+
+    def gathered() -> tuple[list[str], int]:
+        async def run() -> list:
+            return await asyncio.gather(
+                *(chat.ainvoke(q, steering=s) for q, s in zip(questions, steerings))
+            )
+
+        msgs = asyncio.run(run())
+        return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
+
+    def pooled() -> tuple[list[str], int]:
+        with ThreadPoolExecutor(len(questions)) as pool:
+            msgs = list(
+                pool.map(lambda a: chat.invoke(a[0], steering=a[1]), zip(questions, steerings))
+            )
+        return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
 
     conditions = {
         "a_ceiling_unsteered_batch": ceiling,
         "b_chatsteer_batch_mixed": batched,
         "c_sequential_invoke": sequential,
         "d_serialized_global_hooks": serialized,
+        "e_chatsteer_abatch_mixed": abatched,
+        "f_asyncio_gather_ainvoke": gathered,
+        "g_thread_pool_invoke": pooled,
     }
     for s in SETTINGS:  # resolve presets (extraction, first use only), warm up the paths
         sm.resolve(s)
         chat.invoke(QUESTIONS[0], steering=s, max_tokens=2)
-        wrapper.invoke(QUESTIONS[0], s)
+    wrapper.deltas(SETTINGS[1])
     texts: dict[str, list[str]] = {}
     samples: dict[str, list[float]] = {name: [] for name in conditions}
     step_rates: dict[str, list[float]] = {
@@ -171,7 +209,7 @@ def main() -> None:
     stats = {name: summary(s) for name, s in samples.items()}
     ceiling_tps = stats["a_ceiling_unsteered_batch"]["median"]
     seq_tps = stats["c_sequential_invoke"]["median"]
-    steered = ["b_chatsteer_batch_mixed", "c_sequential_invoke", "d_serialized_global_hooks"]
+    steered = [n for n in conditions if n != "a_ceiling_unsteered_batch"]
     equal = all(texts[n] == texts["b_chatsteer_batch_mixed"] for n in steered)
     unsteered_rows = [i for i, s in enumerate(steerings) if s is None]
     result = {
@@ -185,7 +223,7 @@ def main() -> None:
         "tokens_per_s": stats,
         "ratio_vs_ceiling": {n: stats[n]["median"] / ceiling_tps for n in conditions},
         "ratio_vs_sequential": {n: stats[n]["median"] / seq_tps for n in conditions},
-        "outputs_equal_b_c_d": equal,
+        "outputs_equal_b_to_g": equal,
         "unsteered_rows_equal_ceiling": all(
             texts["b_chatsteer_batch_mixed"][i] == texts["a_ceiling_unsteered_batch"][i]
             for i in unsteered_rows
@@ -196,6 +234,7 @@ def main() -> None:
         "targets": {"b_chatsteer_batch_mixed_vs_ceiling": 0.9},
     }
     path = write("batch", result)
+    plot(result)
     print(
         f"\nwrote {path}; outputs equal: {equal}; decode steps/s of (b) vs (a): "
         f"{result['steps_ratio_b_vs_ceiling']:.2f}x"
@@ -206,6 +245,39 @@ def main() -> None:
             f"{result['ratio_vs_ceiling'][name]:.2f}x ceiling  "
             f"{result['ratio_vs_sequential'][name]:.2f}x sequential"
         )
+
+
+def plot(result: dict) -> None:
+    """Bar chart of tokens/s per condition, ceiling marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = result["tokens_per_s"]
+    names = list(stats)
+    medians = [stats[n]["median"] for n in names]
+    errors = [
+        [m - stats[n]["min"] for n, m in zip(names, medians)],
+        [stats[n]["max"] - m for n, m in zip(names, medians)],
+    ]
+    labels = [n[2:].replace("_", " ") for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.barh(labels, medians, xerr=errors, color=["#999"] + ["#3a7"] * (len(names) - 1))
+    ax.axvline(medians[0], color="#555", linestyle="--", linewidth=1)
+    for y, (n, m) in enumerate(zip(names, medians)):
+        ax.text(m, y, f"  {result['ratio_vs_ceiling'][n]:.2f}x", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("generated tokens/s (median, min-max)")
+    settings, cores = len(result["steering_settings"]), result["machine"]["cpu_count"]
+    ax.set_title(
+        f"{result['requests']} chat requests, {settings} steering settings, "
+        f"{result['new_tokens_max']} new tokens ({cores} CPU cores)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(RESULTS / "batch.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -181,29 +181,22 @@ def test_cached_rows_skip_the_batch(sm, settings, inputs, calls):
     ]
 
 
-def test_batch_generates_in_the_calling_thread(sm, knob, settings, inputs, monkeypatch):
-    """torch on CPU keeps one OpenMP team per thread; a second team slows both, so the batch's
-    generate runs where the caller's own torch work runs, not in a per-row thread."""
-    threads: list[int] = []
-    real = sm.generate_batch_detailed
+def test_batch_generates_on_the_one_generation_thread(sm, knob, settings, inputs, monkeypatch):
+    """torch on CPU keeps one OpenMP team per thread and a second team slows both: whichever
+    thread calls batch, the generate runs on actsteer's generation thread."""
+    threads: list[str] = []
+    real = sm._generate_rows
 
     def recording(*args, **kwargs):
-        threads.append(threading.get_ident())
+        threads.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sm, "generate_batch_detailed", recording)
+    monkeypatch.setattr(sm, "_generate_rows", recording)
     knob.batch(inputs[:4], _configs(settings, 4))
-    assert threads == [threading.get_ident()]
-    worker: list[int] = []
-
-    def in_worker() -> None:
-        worker.append(threading.get_ident())
-        knob.batch(inputs[:4], _configs(settings, 4))
-
-    t = threading.Thread(target=in_worker)
+    t = threading.Thread(target=knob.batch, args=(inputs[:4], _configs(settings, 4)))
     t.start()
     t.join(60)
-    assert threads[1:] == worker
+    assert threads == ["actsteer-generate"] * 2
 
 
 def test_a_failing_generate_fails_every_row(sm, knob, settings, inputs, monkeypatch):

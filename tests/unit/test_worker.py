@@ -157,3 +157,73 @@ async def test_merging_respects_the_row_cap(sm, references, gate, monkeypatch):
     release.set()
     assert [await first] + [await t for t in rest] == [references[0]] * 6
     assert [n for n, _ in runs] == [1, 2, 2, 1]
+
+
+def test_threads_calling_together_merge_too(sm, settings, references, gate):
+    release, runs, _ = gate
+    outs: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        outs[i] = sm.generate(PROMPTS[i], settings[i % 4], **GEN)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(PROMPTS))]
+    threads[0].start()
+    time.sleep(0.1)  # the first call holds the worker; the rest queue behind it
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert [outs[i] for i in range(len(PROMPTS))] == references
+    assert [n for n, _ in runs] == [1, len(PROMPTS) - 1]
+
+
+def test_streams_merge_and_each_gets_its_own_tokens(sm, settings, references, gate):
+    release, runs, _ = gate
+    first = threading.Thread(target=sm.generate, args=(PROMPTS[0],), kwargs=GEN)
+    first.start()
+    time.sleep(0.1)
+    streams = [sm.stream(PROMPTS[i], settings[i], **GEN) for i in (1, 2)]
+    texts: dict[int, str] = {}
+    readers = [
+        threading.Thread(target=lambda i=i, s=s: texts.__setitem__(i, "".join(s)))
+        for i, s in zip((1, 2), streams)
+    ]
+    for r in readers:
+        r.start()
+    plain = threading.Thread(
+        target=lambda: texts.__setitem__(3, sm.generate(PROMPTS[3], settings[3], **GEN))
+    )
+    plain.start()
+    time.sleep(0.3)
+    release.set()
+    for t in (first, *readers, plain):
+        t.join(60)
+    assert [texts[i] for i in (1, 2, 3)] == references[1:4]
+    assert [n for n, _ in runs] == [1, 3]
+
+
+def test_a_failed_merged_generate_reaches_every_caller(sm, settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(sm, "_generate_rows", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        sm.generate(PROMPTS[0], **GEN)
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(sm.stream(PROMPTS[1], settings[1], **GEN))
+    monkeypatch.undo()
+    assert sm.generate(PROMPTS[0], **GEN)  # the worker lives on
+
+
+def test_reading_activations_runs_on_the_worker(sm, monkeypatch):
+    seen: list[str] = []
+    layer = sm.layers[0]
+    handle = layer.register_forward_hook(lambda *a: seen.append(threading.current_thread().name))
+    try:
+        sm.hidden_states(["hello"], [1])
+        sm.continuation_logprobs("hello", " there")
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {"actsteer-generate"}
