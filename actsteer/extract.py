@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from . import worker
 from .data import neutral_inputs
 from .errors import SteeringSpecError
 from .model import Prompt, SteeredModel
@@ -63,6 +64,7 @@ def _check_pairs(pairs: Sequence[tuple[Prompt, Prompt]], method: str) -> None:
             )
 
 
+@worker.on_worker
 def pair_differences(
     sm: SteeredModel,
     pairs: Sequence[tuple[Prompt, Prompt]],
@@ -83,6 +85,7 @@ def pair_differences(
     }
 
 
+@worker.on_worker
 def mean_diff(
     sm: SteeredModel,
     pairs: Sequence[tuple[Prompt, Prompt]],
@@ -101,6 +104,7 @@ def mean_diff(
     return SteeringVector(directions, _meta(sm, "mean_diff", source, sorted(diffs)))
 
 
+@worker.on_worker
 def pca(
     sm: SteeredModel,
     pairs: Sequence[tuple[Prompt, Prompt]],
@@ -139,6 +143,7 @@ def pca(
     return SteeringVector(directions, _meta(sm, "pca", source, sorted(diffs)))
 
 
+@worker.on_worker
 def actadd(
     sm: SteeredModel,
     positive: Prompt,
@@ -172,6 +177,7 @@ def actadd(
     return SteeringVector(directions, _meta(sm, "actadd", source, chosen))
 
 
+@worker.on_worker
 def prompt_template(
     sm: SteeredModel,
     system_prompt: str,

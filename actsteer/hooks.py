@@ -6,8 +6,9 @@ This is the only module with mutable steering state. Invariants it keeps (each p
 * Hooks are installed once per model. With no active call state they return at once, so an
   unsteered call pays one ``ContextVar.get`` per layer.
 * The state is per call: it lives in ``_ACTIVE`` (a ``contextvars.ContextVar``) for the duration
-  of one generate, and worker threads get it only through a copied context. Two threads never see
-  each other's steering, and nothing survives an exception or a cancelled stream.
+  of one generate (on actsteer's generation thread, see ``worker``; ``SteeredModel.steer`` sets it
+  in the caller's own thread). Two threads never see each other's steering, and nothing survives
+  an exception or a cancelled stream.
 * Positions are absolute: a pre-hook on the decoder stack derives each chunk's offset from the
   full 2-D attention mask (or the cache length), so steering stays correct under the KV cache,
   chunked prefill and left padding. Pad positions are never steered.

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -366,6 +365,7 @@ class SteeredModel:
             progress=progress,
         )
 
+    @worker.on_worker
     def hidden_states_of_ids(
         self,
         encoded: Sequence[Sequence[int]],
@@ -376,17 +376,6 @@ class SteeredModel:
         progress: bool | None = None,
     ) -> dict[int, list[torch.Tensor]]:
         """``hidden_states`` for token-id sequences; a progress bar shows on long reads."""
-        if not worker.here():
-            return worker.call(
-                partial(
-                    self.hidden_states_of_ids,
-                    encoded,
-                    layers,
-                    steering=steering,
-                    batch_size=batch_size,
-                    progress=progress,
-                )
-            )
         from tqdm.auto import tqdm
 
         layers = sorted(set(layers))
@@ -415,6 +404,7 @@ class SteeredModel:
                     out[layer].append(h[row, h.shape[1] - len(tokens) :].clone())
         return out
 
+    @worker.on_worker
     def continuation_logprobs(
         self,
         prompt: Prompt,
@@ -424,8 +414,6 @@ class SteeredModel:
         """Teacher-forced log-probabilities ``(tokens, vocab)`` that the model, steered as in a
         generate call of ``prompt``, assigns at each position of ``continuation``. The
         continuation counts as generated tokens, so ``positions="generated"`` applies to it."""
-        if not worker.here():
-            return worker.call(partial(self.continuation_logprobs, prompt, continuation, steering))
         prompt_ids = self.encode(prompt)
         cont = (
             self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -620,7 +608,8 @@ class SteeredModel:
             future.cancel()  # ... or never starts
 
     async def agenerate(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> str:
-        """``generate`` in a worker thread; cancelling the task stops the generation."""
+        """``generate`` on the generation thread, without blocking the event loop; cancelling
+        the task stops the generation."""
         return (await self.agenerate_detailed(prompt, steering, **kw)).text
 
     async def agenerate_detailed(

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from .generation import Generation, TokenQueue
     from .model import SteeredModel
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Most rows merged into one generate; a single call with more rows still runs (alone).
 MAX_MERGED_ROWS = 32
@@ -238,3 +240,18 @@ def call(fn: Callable[[], T]) -> T:
     if _WORKER.here():
         return fn()
     return _WORKER.submit(_Call(fn)).result()
+
+
+def on_worker(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorator: the function's tensor work runs on the worker, whichever thread calls it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return call(functools.partial(fn, *args, **kwargs))
+
+    return wrapper
+
+
+async def acall(fn: Callable[[], T]) -> T:
+    """``call`` for asyncio: wait for ``fn`` on the worker without blocking the event loop."""
+    return await asyncio.wrap_future(_WORKER.submit(_Call(fn)))

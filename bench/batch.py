@@ -265,8 +265,10 @@ def plot(result: dict) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.8))
     ax.barh(labels, medians, xerr=errors, color=["#999"] + ["#3a7"] * (len(names) - 1))
     ax.axvline(medians[0], color="#555", linestyle="--", linewidth=1)
-    for y, (n, m) in enumerate(zip(names, medians)):
-        ax.text(m, y, f"  {result['ratio_vs_ceiling'][n]:.2f}x", va="center", fontsize=8)
+    for y, n in enumerate(names):
+        ratio = result["ratio_vs_ceiling"][n]
+        ax.text(stats[n]["max"], y, f"  {ratio:.2f}x", va="center", fontsize=8)
+    ax.set_xlim(0, max(stats[n]["max"] for n in names) * 1.12)
     ax.invert_yaxis()
     ax.set_xlabel("generated tokens/s (median, min-max)")
     settings, cores = len(result["steering_settings"]), result["machine"]["cpu_count"]

@@ -31,6 +31,7 @@ from actsteer import (
     Steering,
     hooks,
     presets,
+    worker,
 )
 from actsteer.extract import mean_diff
 
@@ -74,13 +75,17 @@ def main() -> None:
         steering = conditions[name]
         if name == "a_no_hooks":
             sm.close()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            if steering is None:
-                out = sm.model.generate(input_ids=ids, attention_mask=mask, **gen)
-            else:
+
+        def generate() -> torch.Tensor:
+            with torch.inference_mode():
+                if steering is None:
+                    return sm.model.generate(input_ids=ids, attention_mask=mask, **gen)
                 with sm.steer(steering):
-                    out = sm.model.generate(input_ids=ids, attention_mask=mask, **gen)
+                    return sm.model.generate(input_ids=ids, attention_mask=mask, **gen)
+
+        start = time.perf_counter()
+        # on actsteer's generation thread, like every actsteer forward pass: one OpenMP team
+        out = worker.call(generate)
         took = time.perf_counter() - start
         if name == "a_no_hooks":
             sm._handles = hooks.install(sm.stack, sm.layers)

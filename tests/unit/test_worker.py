@@ -12,6 +12,7 @@ from conftest import build_tiny, random_vector
 
 from actsteer import Steering, SteeringVector, worker
 from actsteer.errors import VectorShapeError
+from actsteer.extract import mean_diff
 
 GEN = {"max_new_tokens": 8}
 PROMPTS = [f"query {i}" for i in range(6)]
@@ -217,13 +218,14 @@ def test_a_failed_merged_generate_reaches_every_caller(sm, settings, monkeypatch
     assert sm.generate(PROMPTS[0], **GEN)  # the worker lives on
 
 
-def test_reading_activations_runs_on_the_worker(sm, monkeypatch):
+def test_reading_activations_and_extraction_run_on_the_worker(sm):
     seen: list[str] = []
     layer = sm.layers[0]
     handle = layer.register_forward_hook(lambda *a: seen.append(threading.current_thread().name))
     try:
         sm.hidden_states(["hello"], [1])
         sm.continuation_logprobs("hello", " there")
+        mean_diff(sm, [("good", "bad")], layers=[1])
     finally:
         handle.remove()
     assert seen and set(seen) == {"actsteer-generate"}
