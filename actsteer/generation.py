@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
+from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.generation.streamers import BaseStreamer
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -62,27 +63,61 @@ class SeededSampler(LogitsProcessor):
         return out
 
 
-class CancelCriteria(StoppingCriteria):
-    """Stops rows whose cancel event is set (a cancelled task or an abandoned stream): one event
-    for every row, or one per row when a batch merges independent requests. ``stopped_at`` maps
-    each stopped row to its length when it stopped (generate pads the row after that)."""
+class CallCancel:
+    """A call's cancel flag: set by actsteer (an interrupted wait, an abandoned stream, a
+    cancelled task) or by the caller's own event, which actsteer only reads, never sets."""
 
-    def __init__(self, event: threading.Event | Sequence[threading.Event]) -> None:
-        self.events = [event] if isinstance(event, threading.Event) else list(event)
+    def __init__(self, outer: threading.Event | CallCancel | None = None) -> None:
+        self._own = threading.Event()
+        self._outer = outer
+
+    def set(self) -> None:
+        self._own.set()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._outer is not None and self._outer.is_set())
+
+
+class RowStops(StoppingCriteria):
+    """Stops each row on its own: when its call is cancelled, or (for merged rows, whose batch
+    goes on) records where the row ended by EOS or a stop string. ``stopped_at`` maps each
+    ended row to its length at that step; generate() pads the row after it (or, without EOS
+    ids, keeps generating), so results and streams are cut there."""
+
+    def __init__(
+        self,
+        cancels: Sequence[CallCancel | threading.Event],
+        eos_ids: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        tokenizer=None,
+    ) -> None:
+        self.cancels = list(cancels)
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.strings = (
+            StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop)) if stop else None
+        )
         self.stopped_at: dict[int, int] = {}
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw
     ) -> torch.BoolTensor:
-        rows = input_ids.shape[0]
-        if len(self.events) == 1:
-            flags = [self.events[0].is_set()] * rows
+        rows, length = input_ids.shape
+        shared = self.cancels[0] if len(self.cancels) == 1 else None
+        if shared is not None:
+            cancelled = torch.full((rows,), shared.is_set(), dtype=torch.bool)
         else:
-            flags = [e.is_set() for e in self.events]
-        for row, flag in enumerate(flags):
-            if flag:
-                self.stopped_at.setdefault(row, input_ids.shape[1])
-        return torch.tensor(flags, dtype=torch.bool)
+            cancelled = torch.tensor([c.is_set() for c in self.cancels], dtype=torch.bool)
+        ended = cancelled.clone()
+        if self.eos.numel():
+            ended |= torch.isin(input_ids[:, -1].cpu(), self.eos)
+        hit = None
+        if self.strings is not None:
+            hit = self.strings(input_ids, scores).cpu()
+            ended |= hit
+        for row in ended.nonzero().flatten().tolist():
+            self.stopped_at.setdefault(row, length)
+        stop = cancelled if hit is None else cancelled | hit  # EOS is generate()'s own check
+        return stop.to(input_ids.device)
 
 
 class TokenQueue(BaseStreamer):
@@ -93,6 +128,8 @@ class TokenQueue(BaseStreamer):
     def __init__(self) -> None:
         self.queue: queue.Queue = queue.Queue()
         self._seen_prompt = False
+        self.row_done = False
+        """Set when the row ended (EOS, stop string, cancel) while its batch may go on."""
 
     def put(self, value: torch.Tensor) -> None:
         if not self._seen_prompt:
@@ -102,6 +139,38 @@ class TokenQueue(BaseStreamer):
 
     def end(self) -> None:
         self.queue.put(self.END)
+
+    def end_row(self) -> None:
+        """The row is complete: the consumer may finish without waiting for the batch."""
+        self.row_done = True
+        self.queue.put(self.END)
+
+
+class RowStreamer(BaseStreamer):
+    """A generate() streamer for a batch with streaming rows: hands each its own tokens, up to
+    and including the token where ``stops`` recorded the row's end, then ends that stream."""
+
+    def __init__(self, streams: Sequence[tuple[int, TokenQueue]], stops: RowStops) -> None:
+        self.streams = list(streams)
+        self.stops = stops
+        self.length: int | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.length is None:  # generate() first sends the prompt itself
+            self.length = int(value.shape[-1])
+            return
+        self.length += 1
+        tokens = value.reshape(-1).tolist()
+        for row, stream in self.streams:
+            if stream.row_done:
+                continue
+            stream.queue.put([tokens[row]])
+            end = self.stops.stopped_at.get(row)
+            if end is not None and end <= self.length:
+                stream.end_row()
+
+    def end(self) -> None:
+        """Streams still open end when the generate returns or fails (see ``worker``)."""
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,8 +25,10 @@ from transformers import (
 from . import hooks, worker
 from .errors import GenerationError, LayerError, SteeringSpecError
 from .generation import (
-    CancelCriteria,
+    CallCancel,
     Generation,
+    RowStops,
+    RowStreamer,
     SeededSampler,
     TokenQueue,
     cut_at_stop,
@@ -45,6 +49,9 @@ _NORM_TEXTS = (
     "Water boils at a lower temperature at high altitude than at sea level.",
 )
 
+
+#: How often a stream consumer checks for cancellation and timeouts while no token arrives.
+_POLL_S = 0.05
 
 _SHARED: dict[tuple[str | None, str], SteeredModel] = {}
 _SHARED_LOCK = threading.Lock()
@@ -489,10 +496,10 @@ class SteeredModel:
         stop = _check_options(max_new_tokens, temperature, top_p, stop)
         encoded, compiled = self._prepare_rows(prompts, per_row)
         options = (max_new_tokens, temperature, top_p, stop, seed)
-        cancel = cancel or threading.Event()
+        flag = CallCancel(cancel)  # the caller's event is read, never set
         if worker.here():
-            return self._generate_rows(encoded, compiled, [cancel] * len(encoded), *options)
-        job = worker.Job(self, list(prompts), per_row, options, (encoded, compiled), cancel=cancel)
+            return self._generate_rows(encoded, compiled, [flag] * len(encoded), *options)
+        job = worker.Job(self, list(prompts), per_row, options, (encoded, compiled), cancel=flag)
         return worker.wait(job)
 
     def _prepare_rows(self, prompts: Sequence[Prompt], per_row: Sequence[SteeringLike]):
@@ -509,21 +516,23 @@ class SteeredModel:
         top_p,
         stop,
         seed,
-        streamer=None,
+        streams=(),
     ) -> list[Generation]:
-        """One left-padded generate of prepared rows; ``cancels`` holds each row's event (a
-        cancelled row ends where it stopped while the others go on)."""
+        """One left-padded generate of prepared rows; ``cancels`` holds each row's flag and
+        ``streams`` the ``(row, TokenQueue)`` of streaming rows. Each row's result ends where
+        the row ended, however long the batch went on."""
         ids, mask = self._pad(encoded)
         plan = self._plan_from(compiled, ids.shape[1], mask)
-        criteria = CancelCriteria(cancels)
+        stops = RowStops(cancels, self._eos_ids, stop, self.tokenizer)
+        streamer = RowStreamer(streams, stops) if streams else None
         out = self._generate_ids(
-            ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, criteria, streamer
+            ids, mask, plan, max_new_tokens, temperature, top_p, seed, stops, streamer
         )
         width = out.shape[1]
         return [
             self._finish(
                 tokens,
-                out[row, ids.shape[1] : criteria.stopped_at.get(row, width)].tolist(),
+                out[row, ids.shape[1] : stops.stopped_at.get(row, width)].tolist(),
                 stop,
                 max_new_tokens,
                 cancels[row],
@@ -563,7 +572,7 @@ class SteeredModel:
             (max_new_tokens, temperature, top_p, stop, seed),
             (encoded, compiled),
             stream=TokenQueue(),
-            cancel=cancel or threading.Event(),
+            cancel=CallCancel(cancel),
         )
         return self._stream(job, timeout, on_finish)
 
@@ -575,15 +584,27 @@ class SteeredModel:
     ) -> Iterator[str]:
         max_new_tokens, _, _, stop, _ = job.options
         tokens, steering = job.rows[0][0], job.rows[1][0][1]  # type: ignore[index]
+        tokens_in = job.stream
+        assert tokens_in is not None
         future = worker.submit(job)
         new: list[int] = []
         sent = 0
+        hit = False
+        deadline: float | None = None
         try:
             while True:
                 try:
-                    item = job.stream.queue.get(timeout=timeout)  # type: ignore[union-attr]
-                except Exception as exc:
-                    raise GenerationError(f"no token arrived within {timeout} s") from exc
+                    item = tokens_in.queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if job.cancel.is_set() and (future.cancelled() or future.cancel()):
+                        break  # cancelled while still queued: it never starts
+                    if timeout is not None and (future.running() or future.done()):
+                        now = time.monotonic()  # queued time does not count
+                        deadline = deadline or now + timeout
+                        if now > deadline:
+                            raise GenerationError(f"no token arrived within {timeout} s") from None
+                    continue
+                deadline = None
                 if item is TokenQueue.END:
                     break
                 new.extend(item)
@@ -594,10 +615,9 @@ class SteeredModel:
                     yield text[sent:upto]
                     sent = upto
                 if hit:
-                    job.cancel.set()
                     break
-            if not job.cancel.is_set() or (future.done() and not future.cancelled()):
-                future.result()  # re-raises a failed generate
+            if not (hit or tokens_in.row_done or future.cancelled()):
+                future.result()  # the generate ended before this row did: re-raise a failure
             text, _ = cut_at_stop(self._decode(new), stop)
             if len(text) > sent:
                 yield text[sent:]
@@ -709,22 +729,20 @@ class SteeredModel:
         return None if plan is None else plan.to(self._layer_devices, self._layer_dtypes)
 
     def _generate_ids(
-        self, ids, mask, plan, max_new_tokens, temperature, top_p, stop, seed, cancel, streamer=None
+        self, ids, mask, plan, max_new_tokens, temperature, top_p, seed, stops, streamer=None
     ) -> torch.Tensor:
+        """Hugging Face generate with this call's plan active; ``stops`` (``RowStops``) ends
+        rows on cancel and stop strings and records where each row ended."""
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
             pad_token_id=self.pad_token_id,
             eos_token_id=self._eos_ids or None,
-            stop_strings=list(stop) or None,
         )
         processors = LogitsProcessorList()
         if temperature > 0:
             processors.append(SeededSampler(ids.shape[0], temperature, top_p, seed))
-        if not isinstance(cancel, CancelCriteria):
-            cancel = CancelCriteria(cancel)
-        criteria = StoppingCriteriaList([cancel])
         state = hooks.CallState(plan) if plan is not None else None
         with torch.inference_mode(), hooks.activate(state):
             return self.model.generate(
@@ -732,8 +750,7 @@ class SteeredModel:
                 attention_mask=mask,
                 generation_config=config,
                 logits_processor=processors,
-                stopping_criteria=criteria,
-                tokenizer=self.tokenizer if stop else None,
+                stopping_criteria=StoppingCriteriaList([stops]),
                 streamer=streamer,
             )
 

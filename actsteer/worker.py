@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from .generation import CallCancel
 
 if TYPE_CHECKING:
     from .generation import Generation, TokenQueue
@@ -52,7 +55,7 @@ class Job:
     """``(encoded, compiled)`` once prepared."""
     stream: TokenQueue | None = None
     """For a one-row streaming call: where its new tokens go, step by step."""
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CallCancel = field(default_factory=CallCancel)
     future: Future = field(default_factory=Future)
 
     @property
@@ -93,20 +96,28 @@ class _Worker:
     def _loop(self) -> None:
         held: collections.deque[Job | _Call] = collections.deque()
         while True:
-            if not held:
-                held.append(self._queue.get())
-            while True:  # everything waiting now may join this round
-                try:
-                    held.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if isinstance(held[0], _Call):
-                _run_call(held.popleft())
-                continue
-            group = _take_group(held)
-            if group:
-                _run_group(group)
-            del group  # hold no models or prompts while idle
+            group: list[Job] = []
+            try:
+                if not held:
+                    held.append(self._queue.get())
+                while True:  # everything waiting now may join this round
+                    try:
+                        held.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if isinstance(held[0], _Call):
+                    _run_call(held.popleft())
+                    continue
+                group = _take_group(held)
+                if group:
+                    _run_group(group)
+            except BaseException as exc:  # never die with callers waiting: fail them instead
+                for item in [*group, *held]:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                held.clear()
+            finally:
+                del group  # hold no models or prompts while idle
 
 
 def _run_call(call: _Call) -> None:
@@ -132,9 +143,7 @@ def _take_group(held: collections.deque[Job | _Call]) -> list[Job]:
         if key is not None and (job.key != key or rows + len(job.prompts) > MAX_MERGED_ROWS):
             continue
         held.remove(job)
-        if job.cancel.is_set():
-            job.future.cancel()
-        if not job.future.set_running_or_notify_cancel():
+        if not job.future.set_running_or_notify_cancel():  # its caller has gone
             if job.stream is not None:
                 job.stream.end()
             continue
@@ -151,9 +160,11 @@ def _take_group(held: collections.deque[Job | _Call]) -> list[Job]:
 
 
 def _run_group(group: list[Job]) -> None:
+    """One generate for the group; if a merged generate fails (say, out of memory for the
+    padded batch), each non-streaming job gets its own try."""
     encoded: list[list[int]] = []
     compiled: list[Any] = []
-    cancels: list[threading.Event] = []
+    cancels: list[CallCancel] = []
     streams: list[tuple[int, TokenQueue]] = []
     for job in group:
         enc, comp = job.rows  # type: ignore[misc]
@@ -162,15 +173,18 @@ def _run_group(group: list[Job]) -> None:
         encoded += enc
         compiled += comp
         cancels += [job.cancel] * len(enc)
-    streamer = _Fanout(streams) if streams else None
     sm, options = group[0].sm, group[0].options
     try:
-        gens = sm._generate_rows(encoded, compiled, cancels, *options, streamer=streamer)
-    except BaseException as exc:  # every caller of the group re-raises it
+        gens = sm._generate_rows(encoded, compiled, cancels, *options, streams=streams)
+    except BaseException as exc:
+        retry = isinstance(exc, Exception) and len(group) > 1
         for job in group:
-            job.future.set_exception(exc)
-        if not isinstance(exc, Exception):
-            raise
+            if not (retry and job.stream is None):
+                job.future.set_exception(exc)  # its caller re-raises it
+        if retry:
+            for job in group:
+                if job.stream is None:
+                    _run_group([job])
         return
     finally:
         for _, stream in streams:
@@ -179,25 +193,6 @@ def _run_group(group: list[Job]) -> None:
     for job in group:
         job.future.set_result(gens[start : start + len(job.prompts)])
         start += len(job.prompts)
-
-
-class _Fanout:
-    """A generate() streamer that hands each streaming row its own tokens."""
-
-    def __init__(self, streams: list[tuple[int, TokenQueue]]) -> None:
-        self.streams = streams
-        self._seen_prompt = False
-
-    def put(self, value: Any) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True  # generate() first sends the prompt itself
-            return
-        tokens = value.reshape(-1).tolist()
-        for row, stream in self.streams:
-            stream.queue.put([tokens[row]])
-
-    def end(self) -> None:
-        """Streams end in ``_run_group``, also when generate fails."""
 
 
 _WORKER = _Worker()
@@ -215,12 +210,13 @@ def submit(job: Job) -> Future:
 
 def wait(job: Job) -> list[Generation]:
     """Run ``job`` on the worker and block until its rows are done; an interrupt while waiting
-    (KeyboardInterrupt) stops the job's rows before it propagates."""
+    (KeyboardInterrupt) stops the job's rows, or drops the job if still queued."""
     future = _WORKER.submit(job)
     try:
         return future.result()
     except BaseException:
         job.cancel.set()
+        future.cancel()
         raise
 
 
@@ -236,10 +232,23 @@ async def run(job: Job) -> list[Generation]:
 
 
 def call(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on the worker (directly when already there) and return its result."""
+    """Run ``fn`` on the worker (directly when already there) and return its result; if the
+    wait is interrupted, ``fn`` is dropped when still queued (once started it runs to its end)."""
     if _WORKER.here():
         return fn()
-    return _WORKER.submit(_Call(fn)).result()
+    future = _WORKER.submit(_Call(fn))
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
+
+
+async def acall(fn: Callable[[], T]) -> T:
+    """``call`` for asyncio: wait for ``fn`` on the worker without blocking the event loop."""
+    if _WORKER.here():
+        return fn()
+    return await asyncio.wrap_future(_WORKER.submit(_Call(fn)))
 
 
 def on_worker(fn: Callable[P, T]) -> Callable[P, T]:
@@ -252,6 +261,5 @@ def on_worker(fn: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-async def acall(fn: Callable[[], T]) -> T:
-    """``call`` for asyncio: wait for ``fn`` on the worker without blocking the event loop."""
-    return await asyncio.wrap_future(_WORKER.submit(_Call(fn)))
+if hasattr(os, "register_at_fork"):  # a forked child has no worker thread: start afresh
+    os.register_at_fork(after_in_child=_WORKER.__init__)

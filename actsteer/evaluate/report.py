@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import worker
 from ..data import neutral_inputs, neutral_texts
 from ..model import SteeredModel
 from ..spec import SteeringLike
@@ -108,6 +109,7 @@ class EvalReport:
         return "\n".join(out) + "\n"
 
 
+@worker.on_worker
 def neutral_kl(sm: SteeredModel, steering: SteeringLike) -> float:
     """Mean per-token KL(P_unsteered || P_steered) over the shipped neutral passages."""
     total, n = 0.0, 0

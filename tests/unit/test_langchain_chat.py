@@ -137,6 +137,30 @@ def test_agent_model_settings_arrive_as_bind_kwargs(chat, vec):
     assert bound.response_metadata["steering"]["terms"][0]["digest"] == vec.digest()
 
 
+def test_agent_middleware_steers_the_model_call(chat, vec):
+    """A LangChain v1 agent whose middleware sets steering through the model settings."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import wrap_model_call
+
+    seen: list = []
+
+    @wrap_model_call
+    def no_disclaimer(request, handler):
+        settings = {**request.model_settings, "steering": vec, "max_tokens": 6}
+        response = handler(request.override(model_settings=settings))
+        seen.append(response)
+        return response
+
+    agent = create_agent(model=chat, tools=[], middleware=[no_disclaimer])
+    out = agent.invoke({"messages": [HumanMessage("plan the next step")]})
+    reply = out["messages"][-1]
+    assert isinstance(reply, AIMessage) and len(seen) == 1
+    assert reply.content == chat.invoke("plan the next step", steering=vec, max_tokens=6).content
+    assert reply.response_metadata["steering"]["terms"][0]["digest"] == vec.digest()
+    plain = create_agent(model=chat, tools=[]).invoke({"messages": [HumanMessage("plan")]})
+    assert plain["messages"][-1].response_metadata["steering"]["terms"] == []
+
+
 def test_configurable_field_switches_steering_per_invocation(chat, vec, monkeypatch):
     monkeypatch.setattr(SteeredModel, "shared", None)  # a rebuilt instance must not load
     knob = chat.configurable_fields(steering=ConfigurableField(id="format_steering"))

@@ -229,3 +229,134 @@ def test_reading_activations_and_extraction_run_on_the_worker(sm):
     finally:
         handle.remove()
     assert seen and set(seen) == {"actsteer-generate"}
+
+
+def _hold_worker(sm, monkeypatch):
+    """Block the worker inside its next generate until the returned event is set."""
+    release = threading.Event()
+    real = sm._generate_rows
+    sizes: list[int] = []
+
+    def gated(encoded, *args, **kwargs):
+        sizes.append(len(encoded))
+        if len(sizes) == 1:
+            release.wait(30)
+        return real(encoded, *args, **kwargs)
+
+    monkeypatch.setattr(sm, "_generate_rows", gated)
+    threading.Thread(target=sm.generate, args=(PROMPTS[0],), kwargs=GEN, daemon=True).start()
+    time.sleep(0.1)
+    release.sizes = sizes  # type: ignore[attr-defined]
+    return release
+
+
+def test_merged_rows_end_where_they_would_alone(sm, settings, monkeypatch):
+    """A row that ends early (stop string, EOS, cancel) inside a longer merged batch reports the
+    same text, token count and finish reason as alone, and its stream ends with it."""
+    long = {"max_new_tokens": 24}
+    alone_text = sm.generate(PROMPTS[1], settings[1], **long)
+    stop = alone_text[3:5]
+    alone = sm.generate_detailed(PROMPTS[1], settings[1], stop=[stop], **long)
+    assert alone.finish_reason == "stop" and alone.completion_tokens < 24
+    release = _hold_worker(sm, monkeypatch)
+    results: dict[str, object] = {}
+    finished: list = []
+
+    def streamed() -> None:
+        stream = sm.stream(PROMPTS[1], settings[1], stop=[stop], on_finish=finished.append, **long)
+        results["stream"] = "".join(stream)
+
+    def merged() -> None:
+        results["merged"] = sm.generate_detailed(PROMPTS[1], settings[1], stop=[stop], **long)
+
+    def other() -> None:
+        results["other"] = sm.generate_detailed(PROMPTS[2], settings[2], stop=[stop], **long)
+
+    threads = [threading.Thread(target=f) for f in (streamed, merged, other)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert release.sizes == [1, 3]  # the three calls really shared one generate
+    got = results["merged"]
+    assert (got.text, got.completion_tokens, got.finish_reason) == (
+        alone.text,
+        alone.completion_tokens,
+        alone.finish_reason,
+    )
+    assert results["stream"] == alone.text
+    assert finished[0].completion_tokens == alone.completion_tokens
+
+
+def test_a_preset_cancel_event_is_read_not_raised_and_never_set(sm):
+    event = threading.Event()
+    event.set()
+    g = sm.generate_detailed(PROMPTS[0], cancel=event, max_new_tokens=50)
+    assert g.finish_reason == "cancelled" and g.completion_tokens <= 1
+    own = threading.Event()
+    sm.generate_detailed(PROMPTS[0], cancel=own, **GEN)
+    assert not own.is_set()  # actsteer never sets the caller's event
+
+
+def test_a_queued_stream_cancels_at_once(sm, monkeypatch):
+    release = _hold_worker(sm, monkeypatch)
+    try:
+        event = threading.Event()
+        pieces: list[str] = []
+        reader = threading.Thread(
+            target=lambda: pieces.extend(sm.stream(PROMPTS[1], cancel=event, **GEN))
+        )
+        reader.start()
+        time.sleep(0.2)
+        event.set()
+        reader.join(5)
+        assert not reader.is_alive(), "a cancelled queued stream waited for the worker"
+        assert pieces == []
+    finally:
+        release.set()
+
+
+class Fatal(BaseException):
+    """Not an Exception: must not kill the worker thread."""
+
+
+def test_the_worker_survives_fatal_errors_and_retries_failed_merges(sm, settings, monkeypatch):
+    real = sm._generate_rows
+
+    def fatal(*args, **kwargs):
+        raise Fatal
+
+    monkeypatch.setattr(sm, "_generate_rows", fatal)
+    with pytest.raises(Fatal):
+        sm.generate(PROMPTS[0], **GEN)
+    monkeypatch.setattr(sm, "_generate_rows", real)
+    assert sm.generate(PROMPTS[0], **GEN)  # the same worker serves on
+
+    sizes: list[int] = []
+
+    def no_merges(encoded, *args, **kwargs):  # e.g. the padded batch does not fit in memory
+        sizes.append(len(encoded))
+        if len(encoded) > 1:
+            raise RuntimeError("out of memory")
+        return real(encoded, *args, **kwargs)
+
+    release = _hold_worker(sm, monkeypatch)
+    monkeypatch.setattr(sm, "_generate_rows", no_merges)
+    outs: dict[int, str] = {}
+    threads = [
+        threading.Thread(
+            target=lambda i=i: outs.__setitem__(i, sm.generate(PROMPTS[i], settings[i], **GEN))
+        )
+        for i in (1, 2)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(60)
+    monkeypatch.undo()
+    assert outs == {i: sm.generate(PROMPTS[i], settings[i], **GEN) for i in (1, 2)}
+    assert sizes == [2, 1, 1]
