@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -233,6 +234,19 @@ class SteerFields(BaseModel):
         (built from ``_identifying_params``) and traces show the values that were used."""
         changes = {k: kwargs.pop(k) for k in OPTION_FIELDS if k in kwargs}
         return (self._copy_with(**changes) if changes else self), kwargs
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        """Everything that shapes an output, steering included, for caches and traces."""
+        return self._identifying()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)  # type: ignore[misc]
+        params["ls_provider"] = "actsteer"
+        params["ls_model_name"] = kwargs.get("model") or self.model_name
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
 
     def _identifying(self) -> dict[str, Any]:
         return {

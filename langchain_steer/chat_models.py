@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import OutputParserException
-from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -140,19 +140,6 @@ class ChatSteer(SteerFields, BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "actsteer-chat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        """Everything that shapes an output, steering included, for caches and traces."""
-        return self._identifying()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "actsteer"
-        params["ls_model_name"] = kwargs.get("model") or self.model_name
-        if stop or self.stop:
-            params["ls_stop"] = stop or self.stop
-        return params
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict:
         steering = {k: steering_key(kwargs[k]) for k in ("steering",) if k in kwargs}

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseLLM, LangSmithParams
+from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation as LCGeneration
 from langchain_core.outputs import GenerationChunk, LLMResult
 from pydantic import ConfigDict
@@ -81,17 +81,6 @@ class SteerLLM(SteerFields, BaseLLM):
     @property
     def _llm_type(self) -> str:
         return "actsteer-llm"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        """Everything that shapes an output, steering included, for caches and traces."""
-        return self._identifying()
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "actsteer"
-        params["ls_model_name"] = kwargs.get("model") or self.model_name
-        return params
 
     def _info(self, g: Generation, row: Row) -> dict[str, Any]:
         return {
