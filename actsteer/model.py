@@ -488,14 +488,12 @@ class SteeredModel:
         cancel: threading.Event | None = None,
     ) -> list[Generation]:
         """``generate_batch`` with token counts, finish reasons and steering per row."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise SteeringSpecError("generate_batch needs a list of prompts")
+        per_row, options = _batch_options(
+            prompts, steering, max_new_tokens, temperature, top_p, stop, seed
+        )
         if not prompts:
             return []
-        per_row = _per_row(steering, len(prompts))
-        stop = _check_options(max_new_tokens, temperature, top_p, stop)
         encoded, compiled = self._prepare_rows(prompts, per_row)
-        options = (max_new_tokens, temperature, top_p, stop, seed)
         flag = CallCancel(cancel)  # the caller's event is read, never set
         if worker.here():
             return self._generate_rows(encoded, compiled, [flag] * len(encoded), *options)
@@ -653,16 +651,12 @@ class SteeredModel:
         generation thread, which merges calls waiting at the same time (same options) into one
         batched generate, so ``asyncio.gather`` of many calls batches by itself; each row is
         still steered only by its own call. Cancelling the task stops its rows."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise SteeringSpecError("generate_batch needs a list of prompts")
+        per_row, options = _batch_options(
+            prompts, steering, max_new_tokens, temperature, top_p, stop, seed
+        )
         if not prompts:
             return []
-        per_row = _per_row(steering, len(prompts))
-        stop = _check_options(max_new_tokens, temperature, top_p, stop)
-        job = worker.Job(
-            self, list(prompts), per_row, (max_new_tokens, temperature, top_p, stop, seed)
-        )
-        return await worker.run(job)
+        return await worker.run(worker.Job(self, list(prompts), per_row, options))
 
     async def astream(
         self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
@@ -800,6 +794,16 @@ def _per_row(steering: object, n: int) -> list[SteeringLike]:
             raise SteeringSpecError(f"got {len(steering)} steering specs for {n} prompts")
         return list(steering)
     return [steering] * n  # type: ignore[list-item]
+
+
+def _batch_options(prompts, steering, max_new_tokens, temperature, top_p, stop, seed):
+    """Per-row steering and the validated ``(max_new_tokens, temperature, top_p, stop, seed)``
+    of a batch call, checked before any work is queued."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise SteeringSpecError("generate_batch needs a list of prompts")
+    per_row = _per_row(steering, len(prompts))
+    stop = _check_options(max_new_tokens, temperature, top_p, stop)
+    return per_row, (max_new_tokens, temperature, top_p, stop, seed)
 
 
 def _check_options(max_new_tokens, temperature, top_p, stop) -> tuple[str, ...]:

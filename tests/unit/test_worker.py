@@ -250,6 +250,16 @@ def _hold_worker(sm, monkeypatch):
     return release
 
 
+def _queue_then_release(threads: list[threading.Thread], release: threading.Event) -> None:
+    """Start calls while the worker is held, so they queue together; then let them run."""
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(60)
+
+
 def test_merged_rows_end_where_they_would_alone(sm, settings, monkeypatch):
     """A row that ends early (stop string, EOS, cancel) inside a longer merged batch reports the
     same text, token count and finish reason as alone, and its stream ends with it."""
@@ -273,12 +283,7 @@ def test_merged_rows_end_where_they_would_alone(sm, settings, monkeypatch):
         results["other"] = sm.generate_detailed(PROMPTS[2], settings[2], stop=[stop], **long)
 
     threads = [threading.Thread(target=f) for f in (streamed, merged, other)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    release.set()
-    for t in threads:
-        t.join(60)
+    _queue_then_release(threads, release)
     assert release.sizes == [1, 3]  # the three calls really shared one generate
     got = results["merged"]
     assert (got.text, got.completion_tokens, got.finish_reason) == (
@@ -351,12 +356,7 @@ def test_the_worker_survives_fatal_errors_and_retries_failed_merges(sm, settings
         )
         for i in (1, 2)
     ]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    release.set()
-    for t in threads:
-        t.join(60)
+    _queue_then_release(threads, release)
     monkeypatch.undo()
     assert outs == {i: sm.generate(PROMPTS[i], settings[i], **GEN) for i in (1, 2)}
     assert sizes == [2, 1, 1]
