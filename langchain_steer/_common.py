@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import LLMResult
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actsteer import SteeredModel, Steering, SteeringVector
@@ -228,6 +229,25 @@ class SteerFields(BaseModel):
             k: getattr(self, k) for k in self.model_fields_set if k in type(self).model_fields
         }
         return type(self)(**{**fields, "runtime": self.runtime, **changes})
+
+    def generate(
+        self, inputs: list[Any], stop: list[str] | None = None, callbacks: Any = None, **kwargs: Any
+    ) -> LLMResult:
+        """LangChain's ``generate`` with per-call options folded into the fields: caches key on
+        the fields, so a steered answer is never served for an unsteered call (or vice versa)."""
+        model, rest = self._fold_options(dict(kwargs))
+        if model is not self:
+            return model.generate(inputs, stop, callbacks, **rest)
+        return super().generate(inputs, stop, callbacks, **kwargs)  # type: ignore[misc]
+
+    async def agenerate(
+        self, inputs: list[Any], stop: list[str] | None = None, callbacks: Any = None, **kwargs: Any
+    ) -> LLMResult:
+        """Async ``generate``, folding per-call options the same way."""
+        model, rest = self._fold_options(dict(kwargs))
+        if model is not self:
+            return await model.agenerate(inputs, stop, callbacks, **rest)
+        return await super().agenerate(inputs, stop, callbacks, **kwargs)  # type: ignore[misc]
 
     def _fold_options(self, kwargs: dict[str, Any]) -> tuple[Self, dict[str, Any]]:
         """Move per-call option kwargs into a copy's fields, so that LangChain's cache key

@@ -26,7 +26,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
     RunnableConfig,
@@ -238,34 +238,7 @@ class ChatSteer(SteerFields, BaseChatModel):
         )
         return ChatGenerationChunk(message=message)
 
-    # -- LangChain entry points that need steering-aware handling ---------------------------------
-    def generate(
-        self,
-        messages: list[list[BaseMessage]],
-        stop: list[str] | None = None,
-        callbacks: Any = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        """``BaseChatModel.generate`` with per-call options folded into the fields, so that
-        caches key on them (a steered answer is never served for an unsteered call)."""
-        model, rest = self._fold_options(dict(kwargs))
-        if model is not self:
-            return model.generate(messages, stop, callbacks, **rest)
-        return super().generate(messages, stop, callbacks, **kwargs)
-
-    async def agenerate(
-        self,
-        messages: list[list[BaseMessage]],
-        stop: list[str] | None = None,
-        callbacks: Any = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        """Async ``generate``, folding per-call options the same way."""
-        model, rest = self._fold_options(dict(kwargs))
-        if model is not self:
-            return await model.agenerate(messages, stop, callbacks, **rest)
-        return await super().agenerate(messages, stop, callbacks, **kwargs)
-
+    # -- batching: one generate per chunk -------------------------------------------------------
     def batch(
         self,
         inputs: list[LanguageModelInput],

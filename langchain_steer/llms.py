@@ -174,30 +174,3 @@ class SteerLLM(SteerFields, BaseLLM):
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
         yield GenerationChunk(text="", generation_info=self._info(done[0], row))
-
-    def generate(
-        self,
-        prompts: list[str],
-        stop: list[str] | None = None,
-        callbacks: Any = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        """``BaseLLM.generate`` with per-call options folded into the fields: LangChain's LLM
-        cache keys on the fields only, so steering passed per call must become one."""
-        model, rest = self._fold_options(dict(kwargs))
-        if model is not self:
-            return model.generate(prompts, stop, callbacks, **rest)
-        return super().generate(prompts, stop, callbacks, **kwargs)
-
-    async def agenerate(
-        self,
-        prompts: list[str],
-        stop: list[str] | None = None,
-        callbacks: Any = None,
-        **kwargs: Any,
-    ) -> LLMResult:
-        """Async ``generate``, folding per-call options the same way."""
-        model, rest = self._fold_options(dict(kwargs))
-        if model is not self:
-            return await model.agenerate(prompts, stop, callbacks, **rest)
-        return await super().agenerate(prompts, stop, callbacks, **kwargs)
