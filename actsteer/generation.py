@@ -120,22 +120,16 @@ class RowStops(StoppingCriteria):
         return stop.to(input_ids.device)
 
 
-class TokenQueue(BaseStreamer):
-    """Receives new token ids from generate() (batch of one) and hands them to a consumer."""
+class TokenQueue:
+    """One streaming row's tokens, handed from the generation thread (``RowStreamer``) to the
+    consumer, then ``END``."""
 
     END = object()
 
     def __init__(self) -> None:
         self.queue: queue.Queue = queue.Queue()
-        self._seen_prompt = False
         self.row_done = False
         """Set when the row ended (EOS, stop string, cancel) while its batch may go on."""
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True  # generate() first sends the prompt itself
-            return
-        self.queue.put(value.reshape(-1).tolist())
 
     def end(self) -> None:
         self.queue.put(self.END)

@@ -109,7 +109,6 @@ class SteeredModel:
             self._layer_devices[i] = p.device if p is not None else torch.device("cpu")
             self._layer_dtypes[i] = p.dtype if p is not None else torch.float32
         self._norms: dict[int, float] | None = None
-        self._norms_lock = threading.Lock()
         self._handles = hooks.install(self.stack, self.layers)
 
     # -- construction ---------------------------------------------------------------------------
@@ -289,18 +288,17 @@ class SteeredModel:
         """Each layer's typical hidden-state norm on neutral text (computed once, then cached)."""
         if self._norms is not None:
             return dict(self._norms)
-        if not worker.here():  # computed on the worker, where the lock is only ever taken
+        if not worker.here():  # computed on the worker, one thread: no lock needed
             return worker.call(self.activation_norms)
-        with self._norms_lock:
-            if self._norms is None:
-                states = self.hidden_states(list(_NORM_TEXTS), range(self.num_layers))
-                norms = {}
-                for layer, rows in states.items():
-                    # skip each row's first token: attention sinks carry outsized norms
-                    per_token = torch.cat([r[1:].norm(dim=-1) for r in rows])
-                    norms[layer] = float(per_token.mean())
-                self._norms = norms
-            return dict(self._norms)
+        if self._norms is None:
+            states = self.hidden_states(list(_NORM_TEXTS), range(self.num_layers))
+            norms = {}
+            for layer, rows in states.items():
+                # skip each row's first token: attention sinks carry outsized norms
+                per_token = torch.cat([r[1:].norm(dim=-1) for r in rows])
+                norms[layer] = float(per_token.mean())
+            self._norms = norms
+        return dict(self._norms)
 
     def row_spec(self, steering: SteeringLike) -> tuple[hooks.RowSpec, str | None]:
         """Compile one row's steering into per-layer tensors for this model."""
