@@ -1,14 +1,17 @@
 """actsteer: steering vectors for local Hugging Face models, per call and per batch row.
 
->>> from actsteer import SteeredModel, Steering
->>> sm = SteeredModel.default()
->>> love = sm.extract_actadd("Love", "Hate", layers=[6])  # doctest: +SKIP
+>>> from actsteer import SteeredModel, Steering, extract
+>>> sm = SteeredModel.default()  # doctest: +SKIP
+>>> love = extract.actadd(sm, "Love", "Hate", layers=[6])  # doctest: +SKIP
+>>> sm.generate("I think my neighbour is", Steering(love, 4.0))  # doctest: +SKIP
+>>> french = extract.distill(sm, "Always answer in French.")  # doctest: +SKIP
 """
 
 from .errors import (
     ActsteerError,
     CoefficientError,
     DefaultModelError,
+    DistillationError,
     GenerationError,
     LayerError,
     ModelMismatchError,
@@ -27,6 +30,7 @@ __all__ = [
     "ActsteerError",
     "CoefficientError",
     "DefaultModelError",
+    "DistillationError",
     "Generation",
     "GenerationError",
     "LayerError",

@@ -48,13 +48,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
         {
             "name": p.name,
             "method": p.method,
-            "layers": list(p.layers),
+            "layers": None if p.layers is None else list(p.layers),
             "coeff": p.coeff,
             "scale": p.scale,
             "check": p.check,
             "description": p.description,
         }
-        for p in presets.list()
+        for p in presets.list_presets()
     ]
     width = max(len(r["name"]) for r in rows)
     text = "\n".join(f"{r['name']:<{width}}  {r['method']:<15} {r['description']}" for r in rows)
@@ -112,6 +112,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 def cmd_extract(args: argparse.Namespace) -> int:
     from . import extract
 
+    prompt = _template_source(args) if args.method in ("prompt_template", "distill") else ""
     sm = _model(args)
     layers = _layers(args.layers)
     start = time.perf_counter()
@@ -125,10 +126,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
             raise ActsteerError("--method actadd needs --positive and --negative")
         vec = extract.actadd(sm, args.positive, args.negative, layers)
     else:
-        if not args.system_prompt:
-            raise ActsteerError("--method prompt_template needs --system-prompt TEXT")
-        inputs = Path(args.inputs).read_text().splitlines() if args.inputs else None
-        vec = extract.prompt_template(sm, args.system_prompt, inputs, layers, progress=True)
+        inputs = _read_lines(args.inputs) if args.inputs else None
+        if args.method == "prompt_template":
+            vec = extract.prompt_template(sm, prompt, inputs, layers, progress=True)
+        else:
+            vec = extract.distill(
+                sm,
+                prompt,
+                inputs,
+                layers,
+                positions=args.positions,
+                template=bool(args.template),
+                test_inputs=_read_lines(args.test_inputs) if args.test_inputs else None,
+                steps=args.steps,
+                seed=args.seed,
+                progress=True,
+            )
     vec.save(args.output)
     data = {
         "output": args.output,
@@ -137,8 +150,32 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 3),
         "digest": vec.digest(),
     }
-    _emit(args, data, f"wrote {args.output}: {vec!r} in {data['seconds']} s")
+    text = f"wrote {args.output}: {vec!r} in {data['seconds']} s"
+    card = vec.meta.extra.get("training")
+    if card:
+        data["training"] = card
+        text += (
+            f"\nfidelity to the prompt on {card['test_inputs']} held-out inputs: "
+            f"{card['test_fidelity']:+.2f} (dev {card['dev_fidelity']:+.2f}); "
+            f"{card['steps_run']} steps, best at {card['best_step']}, coefficient {card['coeff']:g}"
+        )
+    _emit(args, data, text)
     return 0
+
+
+def _template_source(args: argparse.Namespace) -> str:
+    """The system prompt (``--system``) or user template (``--template``, with ``{input}``)."""
+    if bool(args.system_prompt) == bool(args.template):
+        raise ActsteerError(
+            f"--method {args.method} needs exactly one of --system TEXT or --template TEXT"
+        )
+    if args.template and "{input}" not in args.template:
+        raise ActsteerError("--template must contain {input}, where each user message goes")
+    return args.system_prompt or args.template
+
+
+def _read_lines(path: str) -> list[str]:
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _load_any(path: str):
@@ -173,6 +210,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     if vec.meta.recommended_coeff is not None:
         lines.append(f"recommended coefficient {vec.meta.recommended_coeff:g}")
+    card = vec.meta.extra.get("training")
+    if isinstance(card, dict) and "test_fidelity" in card:
+        lines.append(
+            f"distilled from {vec.meta.source.get('system_prompt', '?')!r}: fidelity "
+            f"{card['test_fidelity']:+.2f} on {card.get('test_inputs')} held-out inputs "
+            f"(dev {card.get('dev_fidelity', float('nan')):+.2f}), positions "
+            f"{card.get('positions')}, {card.get('steps_run')} steps, {card.get('time_s')} s"
+        )
     _emit(args, data, "\n".join(lines))
     return 0
 
@@ -211,7 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         p = presets.get(args.steer)
         check = check or p.check
         instruction = instruction or p.prompt_equivalent
-        fid = p.method == "prompt_template"
+        fid = p.method in ("prompt_template", "distill")
     if not check:
         raise ActsteerError("--check is required unless --steer names a preset")
     report = evaluate(
@@ -339,13 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("extract", cmd_extract, "extract a vector and save it (.safetensors)")
     p.add_argument(
-        "--method", choices=["mean_diff", "pca", "actadd", "prompt_template"], default="mean_diff"
+        "--method",
+        choices=["mean_diff", "pca", "actadd", "prompt_template", "distill"],
+        default="mean_diff",
     )
     p.add_argument("--pairs", help="JSON/JSONL file of [positive, negative] pairs")
     p.add_argument("--positive")
     p.add_argument("--negative")
-    p.add_argument("--system-prompt")
-    p.add_argument("--inputs", help="text file of user inputs, one per line (prompt_template)")
+    p.add_argument(
+        "--system", "--system-prompt", dest="system_prompt", help="system prompt to compile"
+    )
+    p.add_argument("--template", help="user prompt template containing {input} to compile")
+    p.add_argument("--inputs", help="text file of user inputs, one per line (template methods)")
+    p.add_argument("--test-inputs", help="distill: held-out inputs for the reported fidelity")
+    p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--steps", type=int, default=70, help="distill: most training steps")
+    p.add_argument("--seed", type=int, default=0, help="distill: seed of the data split and order")
     p.add_argument("--layers", help="e.g. 6 or 4-8 or 2,4,6-9 (default: all)")
     p.add_argument("-o", "--output", required=True)
 
@@ -377,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steer", required=True, help="a preset name or steering expression")
     p.add_argument("--check", help="behaviour check id (default: the preset's)")
     p.add_argument("--system-prompt", help="the system prompt to compare against")
-    p.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 16)")
+    p.add_argument("--prompts", type=int, default=8, help="number of held-out prompts (max 48)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--fidelity", action="store_true", help="also measure fidelity to the prompt")
     p.add_argument("--markdown", help="also write a Markdown report to this file")

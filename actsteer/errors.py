@@ -46,3 +46,7 @@ class DefaultModelError(ActsteerError, RuntimeError):
 
 class GenerationError(ActsteerError, RuntimeError):
     """Generation failed or timed out in a worker thread."""
+
+
+class DistillationError(ActsteerError, RuntimeError):
+    """Distillation produced no vector: its loss diverged, or it was cancelled."""

@@ -26,6 +26,9 @@ class Generation:
     completion_tokens: int
     finish_reason: FinishReason
     steering: str | None = None
+    token_ids: tuple[int, ...] = ()
+    """The generated ids as counted in ``completion_tokens`` (the ending EOS included); with a
+    stop string they run to the step where it was found, past the cut text."""
 
 
 class SeededSampler(LogitsProcessor):

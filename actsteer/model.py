@@ -177,6 +177,11 @@ class SteeredModel:
         return self.fingerprint.hidden_size
 
     @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a reply (from the generation config and the tokenizer)."""
+        return tuple(self._eos_ids)
+
+    @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
@@ -237,10 +242,15 @@ class SteeredModel:
         if isinstance(steering, Steering):
             return (steering,)
         if isinstance(steering, SteeringVector):
+            where = _trained_positions(steering)
             card = steering.meta.extra.get("steering_card")
             if isinstance(card, Mapping) and "coeff" in card:  # a calibrated vector
-                return (Steering(steering, float(card["coeff"]), layers=card.get("layers")),)
-            return (Steering(steering),)
+                return (
+                    Steering(
+                        steering, float(card["coeff"]), layers=card.get("layers"), positions=where
+                    ),
+                )
+            return (Steering(steering, positions=where),)
         if isinstance(steering, str):
             return self._parse_expression(steering)
         if isinstance(steering, Sequence):
@@ -270,7 +280,7 @@ class SteeredModel:
                     )
                 elif t.layers:
                     vec = vec.select(t.layers)
-                positions = "all"
+                positions = _trained_positions(vec)
             else:
                 vec = presets.ready_vector(self, t.source, layers=t.layers)
                 positions = presets.get(t.source).positions
@@ -760,7 +770,15 @@ class SteeredModel:
         else:
             reason = "cancelled" if cancel.is_set() else "stop"
         used = len(kept) + (1 if ended_on_eos else 0)
-        return Generation(text, len(prompt), used, reason, steering)
+        return Generation(text, len(prompt), used, reason, steering, tuple(new[:used]))
+
+
+def _trained_positions(vec: SteeringVector) -> str:
+    """Where a vector applies by default: where it was trained (a distilled vector's training
+    card says), else at every position."""
+    card = vec.meta.extra.get("training")
+    where = card.get("positions") if isinstance(card, Mapping) else None
+    return where if where in ("all", "prompt", "generated") else "all"
 
 
 def _load_vector_file(path: str, model: ModelFingerprint) -> SteeringVector:

@@ -231,15 +231,18 @@ async def run(job: Job) -> list[Generation]:
         raise
 
 
-def call(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on the worker (directly when already there) and return its result; if the
-    wait is interrupted, ``fn`` is dropped when still queued (once started it runs to its end)."""
+def call(fn: Callable[[], T], *, cancel: CallCancel | None = None) -> T:
+    """Run ``fn`` on the worker (directly when already there) and return its result. If the
+    wait is interrupted, ``fn`` is dropped when still queued; once started it runs to its end,
+    unless it watches ``cancel``, which the interrupt sets (long work such as distillation)."""
     if _WORKER.here():
         return fn()
     future = _WORKER.submit(_Call(fn))
     try:
         return future.result()
     except BaseException:
+        if cancel is not None:
+            cancel.set()
         future.cancel()
         raise
 

@@ -1,10 +1,14 @@
 """Every preset on the embedded model: its vector against the system prompt it stands for.
 
-For each preset, on held-out prompts: prompt tokens sent (and saved), time to first token with the
-system prompt vs with the vector, behaviour success under no steering / system prompt / vector /
-both, fidelity (prompt-template presets: share of the prompt's KL the vector removes) and quality
-cost (perplexity ratio, KL on neutral text). Writes bench/results/template.json and template.png.
-Run: ``.venv/bin/python bench/template.py [--prompts 8] [--max-new-tokens 32]``.
+For each preset, on the 48 held-out prompts (never used to build a vector): behaviour success
+of free-running greedy replies under no steering / the system prompt / the vector / both,
+prompt tokens sent (and saved), time to first token with the system prompt vs with the vector,
+quality cost (perplexity ratio, KL on neutral text) and, for the distilled presets, fidelity
+(share of the prompt's teacher-forced KL the vector removes). For the distilled presets the
+mean-difference vector they replace (``extract.prompt_template`` at 0.4 depth, coefficient 1,
+the shipped presets until they were distilled) runs next to them. Writes
+bench/results/template.json and template.png.
+Run: ``.venv/bin/python bench/template.py [--prompts 48] [--max-new-tokens 48]``.
 """
 
 from __future__ import annotations
@@ -17,35 +21,81 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, write
 
-from actsteer import SteeredModel, presets
+from actsteer import SteeredModel, Steering, presets
+from actsteer import extract as ex
 from actsteer.data import neutral_inputs
-from actsteer.evaluate.report import evaluate_preset
+from actsteer.evaluate import fidelity
+from actsteer.evaluate.report import evaluate_preset, run_condition
+
+CONDITIONS = (
+    "no steering",
+    "system prompt",
+    "mean-difference vector",
+    "vector",
+    "vector + system prompt",
+)
+
+
+def mean_difference(sm: SteeredModel, name: str, prompts: list[str], max_new_tokens: int) -> dict:
+    """The pre-distillation preset: a mean difference over the user turn at 0.4 depth."""
+    p = presets.get(name)
+    layer = round(0.4 * (sm.num_layers - 1))
+    vec = ex.prompt_template(sm, p.system_prompt or "", None, [layer], progress=False)
+    cond, _ = run_condition(
+        sm,
+        "mean-difference vector",
+        prompts,
+        system_prompt=None,
+        steering=Steering(vec),
+        check=p.check,
+        max_new_tokens=max_new_tokens,
+    )
+    fid = fidelity(sm, p.system_prompt or "", Steering(vec), prompts)
+    return {"condition": cond, "fidelity": fid.removed}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--presets", default=",".join(presets.names()))
     args = parser.parse_args()
     sm = SteeredModel.default(progress=False)
     prompts = neutral_inputs("heldout")[: args.prompts]
     rows = {}
     for name in args.presets.split(","):
+        preset = presets.get(name)
         report = evaluate_preset(sm, name, prompts=prompts, max_new_tokens=args.max_new_tokens)
         c = {cond.name: cond for cond in report.conditions}
+        base = None
+        if preset.method == "distill":
+            base = mean_difference(sm, name, prompts, args.max_new_tokens)
+            md = base["condition"]
+            c["mean-difference vector"] = md
+            md_ppl = md.perplexity / c["no steering"].perplexity
         sysp, vec = c.get("system prompt"), c["vector"]
+        card = sm.preset(name).meta.extra.get("training", {})
         rows[name] = {
-            "method": presets.get(name).method,
+            "method": preset.method,
             "check": report.check,
             "success": {k: v.success_rate for k, v in c.items()},
             "prompt_tokens_system": sysp.prompt_tokens if sysp else None,
             "prompt_tokens_vector": vec.prompt_tokens,
             "prompt_tokens_saved": (sysp.prompt_tokens - vec.prompt_tokens) if sysp else None,
+            "ttft_s": {k: v.ttft_s for k, v in c.items()},
             "ttft_ratio_vector_vs_system": (vec.ttft_s / sysp.ttft_s) if sysp else None,
             "fidelity_removed": report.fidelity.removed if report.fidelity else None,
+            "fidelity_mean_difference": base["fidelity"] if base else None,
+            "ppl_ratio": {k: v.ppl_ratio for k, v in c.items() if k != "mean-difference vector"}
+            | ({"mean-difference vector": md_ppl} if base else {}),
             "ppl_ratio_vector": vec.ppl_ratio,
             "neutral_kl": report.neutral_kl,
+            "training_card_test_fidelity": card.get("test_fidelity"),
+            "training_time_s": card.get("time_s"),
+            "samples": {
+                k: [{"prompt": p, "reply": r, "passed": ok} for p, r, ok in v.samples[:4]]
+                for k, v in c.items()
+            },
         }
         print(report.table(), "\n", flush=True)
     write(
@@ -60,30 +110,51 @@ def main() -> None:
         },
     )
     plot(rows)
-    print(markdown_table(rows))
+    print(markdown_tables(rows))
 
 
-def markdown_table(rows: dict) -> str:
-    """The README table."""
+def _pct(s: dict, k: str) -> str:
+    return f"{s[k]:.0%}" if k in s else "-"
+
+
+def markdown_tables(rows: dict) -> str:
+    """The README tables: distilled presets side by side with their prompts, then the rest."""
     out = [
-        "| preset | method | success: none / prompt / vector / both | prompt tokens saved "
-        "| TTFT vector/prompt | fidelity | ppl ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| preset | success: none / system prompt / mean-diff vector / distilled vector / "
+        "prompt + distilled | fidelity: mean-diff / distilled | ppl ratio: distilled "
+        "| prompt tokens saved | TTFT vector/prompt |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
+        if r["method"] != "distill":
+            continue
+        s = r["success"]
+        succ = " / ".join(_pct(s, k) for k in CONDITIONS)
+        out.append(
+            f"| {name} | {succ} | {r['fidelity_mean_difference']:+.2f} / "
+            f"{r['fidelity_removed']:+.2f} | {r['ppl_ratio_vector']:.2f} | "
+            f"{r['prompt_tokens_saved']:.0f} | {r['ttft_ratio_vector_vs_system']:.2f} |"
+        )
+    out += [
+        "",
+        "| preset | method | success: none / prompt / vector / both | prompt tokens saved "
+        "| TTFT vector/prompt | ppl ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        if r["method"] == "distill":
+            continue
         s = r["success"]
         succ = " / ".join(
-            f"{s[k]:.0%}" if k in s else "-"
+            _pct(s, k)
             for k in ("no steering", "system prompt", "vector", "vector + system prompt")
         )
         saved = f"{r['prompt_tokens_saved']:.0f}" if r["prompt_tokens_saved"] is not None else "-"
         ttft = (
             f"{r['ttft_ratio_vector_vs_system']:.2f}" if r["ttft_ratio_vector_vs_system"] else "-"
         )
-        fid = f"{r['fidelity_removed']:+.2f}" if r["fidelity_removed"] is not None else "-"
         out.append(
-            f"| {name} | {r['method']} | {succ} | {saved} | {ttft} | {fid} | "
-            f"{r['ppl_ratio_vector']:.2f} |"
+            f"| {name} | {r['method']} | {succ} | {saved} | {ttft} | {r['ppl_ratio_vector']:.2f} |"
         )
     return "\n".join(out)
 
@@ -95,17 +166,19 @@ def plot(rows: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    conds = ["no steering", "system prompt", "vector", "vector + system prompt"]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.2
-    for i, cond in enumerate(conds):
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.16
+    for i, cond in enumerate(CONDITIONS):
         vals = [rows[n]["success"].get(cond, 0.0) for n in names]
-        ax.bar([x + i * width for x in range(len(names))], vals, width, label=cond)
-    ax.set_xticks([x + 1.5 * width for x in range(len(names))], names)
+        label = "distilled vector" if cond == "vector" else cond
+        ax.bar([x + i * width for x in range(len(names))], vals, width, label=label)
+    ax.set_xticks([x + 2 * width for x in range(len(names))], names)
     ax.set_ylabel("behaviour success rate")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    ax.set_title("Preset vectors vs their system prompts, SmolLM2-135M (held-out prompts)")
+    ax.legend(fontsize=8, ncol=3)
+    ax.set_title(
+        "Preset vectors vs their system prompts, SmolLM2-135M, free-running, held-out prompts"
+    )
     fig.tight_layout()
     fig.savefig(RESULTS / "template.png", dpi=110)
 

@@ -13,12 +13,13 @@ def _load(name: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-HELD_OUT = 16
+HELD_OUT = 48
 
 
 def neutral_inputs(split: str = "train") -> list[str]:
-    """Diverse, neutral user messages (questions, requests, tasks): ``"train"`` (the first 56,
-    averaged into prompt-template vectors), ``"heldout"`` (the last 16, used only to evaluate) or
+    """Diverse, neutral user messages (questions, requests, tasks): ``"train"`` (the first 200,
+    which build prompt-template and distilled vectors), ``"heldout"`` (the last 48, used only to
+    evaluate; the 16 first of them were the whole held-out set until distillation came) or
     ``"all"``."""
     items = list(_load("neutral_inputs.json"))
     if split == "train":

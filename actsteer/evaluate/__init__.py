@@ -1,22 +1,24 @@
 """Measuring steering: how faithfully a vector reproduces the prompt it replaces.
 
-``fidelity`` follows the definition used throughout actsteer: teacher-forced on the
-system-prompted model's own greedy continuation, the mean KL(P_prompt || P_vector) over positions,
-reported as the share of the unsteered KL(P_prompt || P_none) that the vector removes
-(1.0 = indistinguishable from sending the prompt, 0 = no better than nothing).
+``fidelity`` follows the definition used throughout actsteer (and by ``extract.distill``):
+teacher-forced on the system-prompted model's own greedy reply, the mean KL(P_prompt || P_vector)
+over its tokens, reported as the share of the unsteered KL(P_prompt || P_none) that the vector
+removes (1.0 = indistinguishable from sending the prompt, 0 = no better than nothing).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from .. import worker
 from ..model import SteeredModel
 from ..spec import SteeringLike
+from ..teacher import Fidelity, fidelity_of, teacher_examples
+
+__all__ = ["Fidelity", "fidelity", "kl_divergence", "reply_perplexity"]
 
 
 def kl_divergence(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -39,21 +41,6 @@ def reply_perplexity(sm: SteeredModel, chats: Sequence[list], replies: Sequence[
     return math.exp(nll / n) if n else float("nan")
 
 
-@dataclass(frozen=True)
-class Fidelity:
-    """Fidelity of a vector to a system prompt over a set of held-out inputs."""
-
-    kl_none: float
-    kl_vector: float
-    inputs: int
-    positions: int
-
-    @property
-    def removed(self) -> float:
-        """Share of the prompt's effect (KL) that the vector reproduces; 1 is perfect."""
-        return 1.0 - self.kl_vector / self.kl_none if self.kl_none > 0 else 0.0
-
-
 @worker.on_worker
 def fidelity(
     sm: SteeredModel,
@@ -62,22 +49,15 @@ def fidelity(
     inputs: Sequence[str],
     *,
     max_new_tokens: int = 24,
+    template: bool | None = None,
 ) -> Fidelity:
-    """Teacher-forced KL of the vector-steered model to the system-prompted model on the
-    latter's own greedy continuations, against the same KL for the unsteered model."""
-    with_prompt = [
-        [{"role": "system", "content": system_prompt}, {"role": "user", "content": x}]
-        for x in inputs
-    ]
-    without = [[{"role": "user", "content": x}] for x in inputs]
-    continuations = sm.generate_batch(with_prompt, None, max_new_tokens=max_new_tokens)
-    kl_none, kl_vec, n = 0.0, 0.0, 0
-    for w, wo, cont in zip(with_prompt, without, continuations):
-        if not cont:
-            continue
-        p = sm.continuation_logprobs(w, cont)
-        kl_none += float(kl_divergence(p, sm.continuation_logprobs(wo, cont)).sum())
-        kl_vec += float(kl_divergence(p, sm.continuation_logprobs(wo, cont, steering)).sum())
-        n += p.shape[0]
-    n = max(n, 1)
-    return Fidelity(kl_none / n, kl_vec / n, len(inputs), n)
+    """Teacher-forced KL of the steered model (without the prompt) to the prompted model on the
+    latter's own greedy replies (ending EOS included), against the same KL for the unsteered
+    model; ``system_prompt`` may be a user template with ``{input}``. The same measure that
+    ``extract.distill`` reports in its training card."""
+    if template is None:
+        template = "{input}" in system_prompt
+    examples = teacher_examples(
+        sm, system_prompt, list(inputs), template=template, max_new_tokens=max_new_tokens, top_k=1
+    )
+    return fidelity_of(sm, examples, sm.row_spec(steering)[0] or None)

@@ -3,13 +3,15 @@
 Each check maps a reply to a ``CheckResult`` (passed, a graded score, a short reason). They are
 deliberately simple and documented, so a user can see exactly what "success" means:
 
-* ``json``: the whole reply parses as a JSON object or array (code fences allowed); score 0.5
-  when an object can at least be extracted from it (``json-extract`` passes then).
+* ``json``: the whole reply parses as a JSON object or array (code fences allowed); a bare number
+  or string ("2222", "null") is not the JSON a user asked for. Score 0.5 when an object can at
+  least be extracted from it (``json-extract`` passes then).
 * ``no-disclaimer``: none of the disclaimer patterns in ``DISCLAIMER_PATTERNS`` occurs.
 * ``french``: py3langid (model in its wheel) classifies the reply as French.
 * ``sentiment``: VADER compound score (lexicon in its wheel) >= 0.5.
 * ``topic:<name>``: a word of the keyword family ``TOPICS[name]`` occurs.
-* ``concise``: at most 30 words and 2 sentences.
+* ``concise``: at most 30 words and 2 sentences, and the reply ended on its own: a reply cut by
+  the token cap (``finish_reason == "length"``) says nothing about its length and fails.
 * ``formal``: formal markers outnumber informal ones (``FORMAL`` / ``INFORMAL`` lexicons,
   contractions and "!" count as informal) and none of the informal slang occurs.
 * ``friendly``: VADER compound >= 0.3 and at least one word of the ``FRIENDLY`` lexicon.
@@ -272,3 +274,16 @@ def get_check(check_id: str) -> Callable[[str], CheckResult]:
     from ..errors import SteeringSpecError
 
     raise SteeringSpecError(f"unknown behaviour check {check_id!r}; known: {sorted(CHECKS)}")
+
+
+#: Checks that a reply cut by the token cap cannot pass.
+NEEDS_COMPLETE_REPLY = frozenset({"concise"})
+
+
+def judge(check_id: str, reply: str, finish_reason: str | None = None) -> CheckResult:
+    """Run check ``check_id`` on a reply, failing checks in ``NEEDS_COMPLETE_REPLY`` when the
+    reply was cut by the token cap (``finish_reason == "length"``)."""
+    fn = get_check(check_id)
+    if finish_reason == "length" and check_id in NEEDS_COMPLETE_REPLY:
+        return CheckResult(False, fn(reply).score, "cut by the token cap")
+    return fn(reply)

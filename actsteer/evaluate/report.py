@@ -14,7 +14,7 @@ from ..data import neutral_inputs, neutral_texts
 from ..model import SteeredModel
 from ..spec import SteeringLike
 from . import Fidelity, fidelity, kl_divergence, reply_perplexity
-from .checks import get_check
+from .checks import get_check, judge
 
 
 @dataclass(frozen=True)
@@ -131,43 +131,44 @@ def run_condition(
     steering: SteeringLike,
     check: str,
     max_new_tokens: int,
+    timed: int = 4,
 ) -> tuple[ConditionResult, list[str]]:
-    """Generate each prompt (streamed, to time the first token) and score the replies."""
-    fn = get_check(check)
-    replies, samples, ttfts, rates, tokens, scores = [], [], [], [], [], []
+    """Generate every prompt (one batched generate: the same replies as one by one) and score
+    the replies; time the first token and tokens/s on ``timed`` prompts streamed alone."""
+    get_check(check)  # an unknown check fails before any work
+    chats = []
     for prompt in prompts:
         messages = [{"role": "user", "content": prompt}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        tokens.append(len(sm.encode(messages)))
+        chats.append(messages)
+    gens = sm.generate_batch_detailed(chats, steering, max_new_tokens=max_new_tokens)
+    results = [judge(check, g.text, g.finish_reason) for g in gens]
+    ttfts, rates = [], []
+    for messages in chats[: max(1, timed)]:
         start = time.perf_counter()
         first = None
-        pieces = []
-        for piece in sm.stream(messages, steering, max_new_tokens=max_new_tokens):
+        done: list = []
+        for _ in sm.stream(
+            messages, steering, max_new_tokens=max_new_tokens, on_finish=done.append
+        ):
             first = first or time.perf_counter()
-            pieces.append(piece)
         end = time.perf_counter()
-        reply = "".join(pieces)
-        n_new = len(sm.tokenizer(reply, add_special_tokens=False)["input_ids"])
         ttfts.append((first or end) - start)
-        rates.append(n_new / max(end - start, 1e-9))
-        result = fn(reply)
-        scores.append(result.score)
-        replies.append(reply)
-        samples.append((prompt, reply, result.passed))
-    passed = [s[2] for s in samples]
+        rates.append(done[0].completion_tokens / max(end - start, 1e-9))
+    replies = [g.text for g in gens]
     cond = ConditionResult(
         name=name,
-        success_rate=sum(passed) / len(passed),
-        mean_score=sum(scores) / len(scores),
-        prompt_tokens=sum(tokens) / len(tokens),
+        success_rate=sum(r.passed for r in results) / len(results),
+        mean_score=sum(r.score for r in results) / len(results),
+        prompt_tokens=sum(g.prompt_tokens for g in gens) / len(gens),
         ttft_s=sorted(ttfts)[len(ttfts) // 2],
         tokens_per_s=sum(rates) / len(rates),
         perplexity=reply_perplexity(
             sm, [[{"role": "user", "content": p}] for p in prompts], replies
         ),
         ppl_ratio=float("nan"),
-        samples=tuple(samples),
+        samples=tuple((p, g.text, r.passed) for p, g, r in zip(prompts, gens, results)),
     )
     return cond, replies
 
@@ -234,5 +235,5 @@ def evaluate_preset(sm: SteeredModel, name: str, **kwargs: Any) -> EvalReport:
 
     preset = presets.get(name)
     # fidelity is only meaningful for a vector compiled from that very prompt
-    kwargs.setdefault("with_fidelity", preset.method == "prompt_template")
+    kwargs.setdefault("with_fidelity", preset.method in ("prompt_template", "distill"))
     return evaluate(sm, name, check=preset.check, instruction=preset.prompt_equivalent, **kwargs)

@@ -14,7 +14,7 @@ from ..model import SteeredModel
 from ..spec import Steering
 from ..vector import SteeringVector
 from . import reply_perplexity
-from .checks import get_check
+from .checks import get_check, judge
 
 #: Default quality budget: steered replies may be at most this much more perplexing.
 DEFAULT_MAX_PPL_RATIO = 1.25
@@ -57,7 +57,7 @@ def sweep(
     perplexity of the replies under the unsteered model (ratio to unsteered replies)."""
     from tqdm.auto import tqdm
 
-    fn = get_check(check)
+    get_check(check)  # an unknown check fails before any work
     prompts = list(prompts) if prompts is not None else neutral_inputs("heldout")[:8]
     chats = [[{"role": "user", "content": p}] for p in prompts]
     if layer_sets is None:
@@ -74,8 +74,9 @@ def sweep(
     points = []
     for layers, coeff in tqdm(grid, desc="actsteer: sweep", disable=not progress):
         steering = Steering(_vector_for(sm, source, layers), coeff)
-        replies = sm.generate_batch(chats, steering, max_new_tokens=max_new_tokens)
-        results = [fn(r) for r in replies]
+        gens = sm.generate_batch_detailed(chats, steering, max_new_tokens=max_new_tokens)
+        replies = [g.text for g in gens]
+        results = [judge(check, g.text, g.finish_reason) for g in gens]
         ppl = reply_perplexity(sm, chats, replies)
         points.append(
             SweepPoint(

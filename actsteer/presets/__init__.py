@@ -5,14 +5,21 @@ depth (so it transfers across model sizes), a default coefficient and the id of 
 check that evaluates it. Its vector is extracted on first use for a model and cached under
 ``cache_root()/vectors``, keyed by the model fingerprint and the preset's content hash; a corrupt
 or unreadable cache entry is recomputed, never trusted.
+
+Distilled presets (``"method": "distill"``: a system prompt compiled by context distillation, see
+``actsteer.distill``) take minutes to train, so their vectors for the embedded model ship in
+``vectors/`` (rebuilt by ``python -m actsteer.presets.build``); any other model distills them once
+on first use, with a notice and a progress bar, and caches them like the rest.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -40,7 +47,11 @@ _FIELDS = {
     "scale",
     "positions",
     "check",
+    "distill",
 }
+
+#: Where the distilled presets' vectors for the embedded model ship.
+SHIPPED = "vectors"
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,9 @@ class Preset:
 
     name: str
     description: str
-    method: Literal["mean_diff", "pca", "prompt_template"]
-    layers: tuple[float, float]
+    method: Literal["mean_diff", "pca", "prompt_template", "distill"]
+    layers: tuple[float, float] | None
+    """Default layers as fractions of depth; None (distilled presets): every layer but 0."""
     coeff: float
     check: str
     scale: Literal["relative", "raw"] = "raw"
@@ -60,6 +72,8 @@ class Preset:
     system_prompt: str | None = None
     inputs: tuple[str, ...] | None = None
     instruction: str | None = None
+    distill: tuple[tuple[str, Any], ...] = ()
+    """Training settings passed to ``extract.distill`` (steps, lr, ...), as sorted pairs."""
 
     @property
     def prompt_equivalent(self) -> str | None:
@@ -72,15 +86,21 @@ class Preset:
         from ..data import neutral_inputs
 
         inputs = self.inputs
-        if inputs is None and self.method == "prompt_template":
+        if inputs is None and self.method in ("prompt_template", "distill"):
             inputs = tuple(neutral_inputs("train"))  # the shipped default inputs
-        blob = json.dumps(
-            [self.method, self.read, self.pairs, self.system_prompt, inputs], sort_keys=True
-        ).encode()
+        parts: builtins.list[Any] = [self.method, self.read, self.pairs, self.system_prompt, inputs]
+        if self.method == "distill":  # what else determines a distilled vector
+            from ..distill import config
+
+            settings = dataclasses.asdict(config(**dict(self.distill)))  # with the defaults
+            parts += [self.positions, settings, tuple(neutral_inputs("heldout"))]
+        blob = json.dumps(parts, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """The default layers on a model of ``num_layers`` decoder blocks."""
+        if self.layers is None:
+            return builtins.list(range(1, num_layers)) or [0]
         lo, hi = (round(f * (num_layers - 1)) for f in self.layers)
         return builtins.list(range(max(0, lo), min(num_layers - 1, hi) + 1))
 
@@ -94,7 +114,11 @@ def _parse(name: str, data: dict[str, Any]) -> Preset:
             name=data["name"],
             description=data["description"],
             method=data["method"],
-            layers=(float(data["layers"][0]), float(data["layers"][1])),
+            layers=(
+                (float(data["layers"][0]), float(data["layers"][1]))
+                if data.get("layers") is not None
+                else None
+            ),
             coeff=float(data["coeff"]),
             check=data["check"],
             scale=data.get("scale", "raw"),
@@ -104,6 +128,7 @@ def _parse(name: str, data: dict[str, Any]) -> Preset:
             system_prompt=data.get("system_prompt"),
             inputs=tuple(data["inputs"]) if data.get("inputs") else None,
             instruction=data.get("instruction"),
+            distill=tuple(sorted((data.get("distill") or {}).items())),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SteeringSpecError(f"preset {name!r} is malformed: {exc}") from exc
@@ -119,7 +144,7 @@ def _all() -> dict[str, Preset]:
     return out
 
 
-def list() -> builtins.list[Preset]:
+def list_presets() -> builtins.list[Preset]:
     """Every built-in preset, sorted by name."""
     return builtins.list(_all().values())
 
@@ -158,12 +183,22 @@ def cache_path(sm: SteeredModel, preset: Preset) -> Path:
 
 
 def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> SteeringVector:
-    """Run the preset's extraction on ``sm`` at every layer (no cache), so expressions such as
-    ``french@8-14`` can pick any layers; the default layers are recorded in the metadata."""
+    """Run the preset's extraction on ``sm`` (no cache) at every layer, so expressions such as
+    ``love@4-8`` can pick any layers (distilled presets: every layer they train, all but 0);
+    the default layers are recorded in the metadata."""
     from .. import extract as ex
 
     layers = builtins.list(range(sm.num_layers))
-    if preset.method == "prompt_template":
+    if preset.method == "distill":
+        vec = ex.distill(
+            sm,
+            preset.system_prompt or "",
+            preset.inputs,
+            positions=preset.positions,
+            progress=progress,
+            **dict(preset.distill),
+        )
+    elif preset.method == "prompt_template":
         vec = ex.prompt_template(
             sm,
             preset.system_prompt or "",
@@ -190,15 +225,21 @@ def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> S
 def load_or_extract(
     sm: SteeredModel, preset: Preset, progress: bool | None = None
 ) -> SteeringVector:
-    """The preset's raw vector for ``sm``: from the cache when valid, else extracted and cached."""
-    path = cache_path(sm, preset)
-    if path.is_file():
-        try:
-            vec = SteeringVector.load(path, model=sm.fingerprint)
-            if vec.meta.extra.get("preset_hash") == preset.content_hash:
+    """The preset's raw vector for ``sm``: the shipped one when it was made for this model and
+    this preset, else from the cache when valid, else extracted (distilled) and cached."""
+    for path in (shipped_path(preset), cache_path(sm, preset)):
+        if path is not None and path.is_file():
+            vec = _valid(path, sm, preset)
+            if vec is not None:
                 return vec
-        except (VectorFileError, SteeringSpecError, ValueError):
-            pass  # corrupt or foreign entry: recompute below and overwrite it
+    if preset.method == "distill" and progress is not False:
+        print(
+            f"actsteer: distilling preset {preset.name!r} for {sm.fingerprint.name} once "
+            f"(a few minutes on a CPU for a small model); it is then cached in {cache_root_hint()}",
+            file=sys.stderr,
+            flush=True,
+        )
+    path = cache_path(sm, preset)
     vec = extract(sm, preset, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
@@ -210,6 +251,27 @@ def load_or_extract(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return vec
+
+
+def shipped_path(preset: Preset) -> Path | None:
+    """Where a vector for the embedded model ships for ``preset`` (None: not a file here)."""
+    entry = resources.files(__package__).joinpath(SHIPPED, f"{preset.name}.safetensors")
+    return Path(str(entry)) if entry.is_file() else None
+
+
+def cache_root_hint() -> str:
+    from ..default_model import cache_root
+
+    return str(cache_root() / "vectors")
+
+
+def _valid(path: Path, sm: SteeredModel, preset: Preset) -> SteeringVector | None:
+    """The vector in ``path`` if it is readable, for this model, and made from this preset."""
+    try:
+        vec = SteeringVector.load(path, model=sm.fingerprint)
+    except (VectorFileError, SteeringSpecError, ValueError):
+        return None  # corrupt or foreign: recompute and overwrite
+    return vec if vec.meta.extra.get("preset_hash") == preset.content_hash else None
 
 
 def ready_vector(

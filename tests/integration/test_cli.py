@@ -88,6 +88,11 @@ def test_extract_inspect_export_import(tmp_path, real):
         (("inspect", "/nonexistent/v.safetensors"), "error"),
         (("extract", "--method", "actadd", "-o", "x.safetensors"), "--positive"),
         (("export", "/nonexistent.safetensors", "--gguf", "o.gguf"), "error"),
+        (("extract", "--method", "distill", "-o", "x.safetensors"), "exactly one of --system"),
+        (
+            ("extract", "--method", "distill", "--template", "French!", "-o", "x.safetensors"),
+            "must contain {input}",
+        ),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(args, message):
@@ -95,6 +100,34 @@ def test_bad_input_exits_nonzero_with_one_line(args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("actsteer: error:")
+
+
+def test_extract_distill_from_a_template(tmp_path, real):
+    inputs = tmp_path / "inputs.txt"
+    questions = ["What is rain?", "Name a fruit.", "How far is the Moon?", "Why do cats nap?"]
+    questions += ["What is a river?", "Who bakes bread?", "Is snow cold?", "What is tea?"]
+    inputs.write_text("\n".join(questions))
+    out = tmp_path / "fr.safetensors"
+    data = json.loads(
+        run(
+            "extract",
+            "--method",
+            "distill",
+            "--template",
+            "Réponds en français : {input}",
+            "--inputs",
+            str(inputs),
+            "--steps",
+            "2",
+            "-o",
+            str(out),
+            "--json",
+        ).stdout
+    )
+    card = data["training"]
+    assert data["method"] == "distill" and data["layers"] == list(range(1, 30))
+    assert card["steps_run"] == 2 and card["positions"] == "all" and "test_fidelity" in card
+    assert "distilled from" in run("inspect", str(out)).stdout
 
 
 def test_demo_runs_end_to_end(real):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from actsteer import Steering
+from actsteer import Steering, presets
+from actsteer import extract as ex
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
+from actsteer.evaluate.checks import judge
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +83,45 @@ def test_expressions_compose_presets_on_the_real_model(real):
         Steering([(real.preset("love"), 2.0), (real.preset("formal"), -1.0)]),
         max_new_tokens=12,
     )
+
+
+FRENCH = presets.get("french").system_prompt or ""
+
+
+def test_distilled_presets_load_without_training(real, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a shipped preset was distilled again")
+
+    monkeypatch.setattr(presets, "extract", refuse)
+    for name in ("json", "concise", "french", "friendly"):
+        vec = presets.load_or_extract(real, presets.get(name))
+        assert vec.meta.method == "distill" and vec.layers == tuple(range(1, 30))
+
+
+def test_shipped_french_vector_reproduces_its_prompt_on_held_out_inputs(real):
+    f = fidelity(real, FRENCH, "french", neutral_inputs("heldout"), max_new_tokens=24)
+    assert f.removed >= 0.5, f
+
+
+def test_shipped_french_vector_switches_free_running_replies_to_french(real):
+    chats = [[{"role": "user", "content": x}] for x in neutral_inputs("heldout")]
+    plain = real.generate_batch_detailed(chats, None, max_new_tokens=32)
+    steered = real.generate_batch_detailed(chats, "french", max_new_tokens=32)
+
+    def share(gens) -> float:
+        return sum(judge("french", g.text, g.finish_reason).passed for g in gens) / len(gens)
+
+    assert share(plain) == 0.0
+    assert share(steered) >= 0.3, [g.text for g in steered]
+
+
+def test_a_short_distillation_beats_the_mean_difference(real):
+    held_out = neutral_inputs("heldout")[:8]
+    distilled = ex.distill(
+        real, FRENCH, neutral_inputs("train")[:40], steps=12, eval_every=4, progress=False
+    )
+    mean_difference = ex.prompt_template(real, FRENCH, layers=[12], progress=False)
+    f_distilled = fidelity(real, FRENCH, distilled, held_out)
+    f_mean = fidelity(real, FRENCH, mean_difference, held_out)
+    assert f_distilled.removed > f_mean.removed + 0.2, (f_distilled, f_mean)
+    assert f_distilled.removed > 0.2, f_distilled

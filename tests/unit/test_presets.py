@@ -18,14 +18,38 @@ def sm(tmp_path, monkeypatch):
 
 
 def test_every_required_preset_ships_with_complete_data():
-    by_name = {p.name: p for p in presets.list()}
+    by_name = {p.name: p for p in presets.list_presets()}
     assert set(by_name) >= REQUIRED
     for p in by_name.values():
-        assert p.description and p.check and 0.0 <= p.layers[0] <= p.layers[1] <= 1.0
+        assert p.description and p.check
+        if p.method == "distill":
+            assert p.system_prompt and p.layers is None  # every layer but 0
+        else:
+            assert 0.0 <= p.layers[0] <= p.layers[1] <= 1.0
         if p.method == "prompt_template":
             assert p.system_prompt
-        else:
+        elif p.method != "distill":
             assert len(p.pairs) >= 6
+
+
+def test_distilled_presets_ship_current_vectors_for_the_embedded_model():
+    """A preset edited without rebuilding its shipped vector would silently be distilled again
+    on first use (``python -m actsteer.presets.build NAME`` rebuilds it)."""
+    from actsteer import SteeringVector
+    from actsteer.default_model import DEFAULT_MODEL_NAME
+
+    distilled = [p for p in presets.list_presets() if p.method == "distill"]
+    assert {p.name for p in distilled} >= {"json", "concise", "french", "friendly"}
+    for p in distilled:
+        path = presets.shipped_path(p)
+        assert path is not None, f"{p.name}: no shipped vector"
+        assert path.stat().st_size < 200_000
+        vec = SteeringVector.load(path)
+        assert vec.meta.model is not None and vec.meta.model.name == DEFAULT_MODEL_NAME
+        assert vec.meta.extra["preset_hash"] == p.content_hash, f"{p.name}: stale vector"
+        assert vec.meta.method == "distill" and vec.layers == tuple(range(1, 30))
+        card = vec.meta.extra["training"]
+        assert card["positions"] == p.positions and card["test_fidelity"] > 0
 
 
 def test_unknown_preset_suggests_a_name():
@@ -75,5 +99,5 @@ def test_expressions_resolve_to_presets_and_files(sm, tmp_path):
     assert torch.equal(f.terms[0].vector.directions[1], love.directions[1])
     out_expr = sm.generate("hello", "love:2", max_new_tokens=6)
     assert out_expr == sm.generate("hello", Steering(love, 2.0), max_new_tokens=6)
-    (sel,) = sm.resolve("french@0-2:0.5")
-    assert sel.terms[0].vector.layers == (0, 1, 2)
+    (sel,) = sm.resolve("french@1-2:0.5")  # distilled: every layer but 0
+    assert sel.terms[0].vector.layers == (1, 2)

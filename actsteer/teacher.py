@@ -1,0 +1,257 @@
+"""The prompted model as a teacher: its greedy replies and next-token distributions, and how
+close a steered student (the same model without the prompt) comes to them.
+
+Shared by ``distill`` (which trains vectors against these targets) and ``evaluate.fidelity``
+(which reports the same measure for any steering), so the training card's fidelity and the
+benchmark's are one number.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+
+from . import hooks
+from .model import SteeredModel
+
+
+def chats(system_prompt: str, inputs: Sequence[str], template: bool) -> tuple[list, list]:
+    """The chats with the prompt (teacher) and without it (student, exactly what a call without
+    the prompt sends) for each input."""
+    with_prompt, without = [], []
+    for text in inputs:
+        without.append([{"role": "user", "content": text}])
+        if template:
+            with_prompt.append(
+                [{"role": "user", "content": system_prompt.replace("{input}", text)}]
+            )
+        else:
+            with_prompt.append(
+                [{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
+            )
+    return with_prompt, without
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input's teacher-forcing data: both prompts, the teacher's reply (ending EOS included)
+    and the teacher's top-k log-probs at each reply position (plus the log-mass outside them)."""
+
+    teacher: list[int]
+    student: list[int]
+    reply: list[int]
+    top_ids: torch.Tensor = field(repr=False)
+    top_logp: torch.Tensor = field(repr=False)
+    tail_logp: torch.Tensor = field(repr=False)
+
+
+def teacher_examples(
+    sm: SteeredModel,
+    system_prompt: str,
+    inputs: Sequence[str],
+    *,
+    template: bool = False,
+    max_new_tokens: int = 24,
+    top_k: int = 64,
+    batch_size: int = 64,
+) -> list[Example]:
+    """The teacher's greedy replies, generated once, with its top-k log-probs at each reply
+    position read from the same generate (no second forward). Call on the generation thread."""
+    with_prompt, without = chats(system_prompt, inputs, template)
+    teacher_ids = [sm.encode(c) for c in with_prompt]
+    student_ids = [sm.encode(c) for c in without]
+    eos = set(sm.eos_token_ids)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=sm.pad_token_id,
+        eos_token_id=sorted(eos) or None,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    out: list[Example] = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = teacher_ids[start : start + batch_size]
+        ids, mask = _left_pad(sm, chunk)
+        with torch.inference_mode():
+            result = sm.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+            )
+        new = result.sequences[:, ids.shape[1] :].tolist()
+        logp = torch.log_softmax(torch.stack(result.logits, dim=1).float(), dim=-1).cpu()
+        for row, tokens in enumerate(new):
+            end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+            top_logp, top_ids = logp[row, :end].topk(min(top_k, logp.shape[-1]), dim=-1)
+            out.append(
+                Example(
+                    chunk[row],
+                    student_ids[start + row],
+                    tokens[:end],
+                    top_ids.clone(),
+                    top_logp.clone(),
+                    _log1mexp(top_logp.logsumexp(-1)),
+                )
+            )
+    return out
+
+
+def _left_pad(sm: SteeredModel, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), sm.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids.to(sm.device), mask.to(sm.device)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for log-probabilities ``x <= 0``, kept finite."""
+    return torch.log(-torch.expm1(x.clamp(max=-1e-7)))
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def reply_logprobs(
+    sm: SteeredModel,
+    prompts: Sequence[Sequence[int]],
+    replies: Sequence[Sequence[int]],
+    row: hooks.RowSpec | None = None,
+) -> torch.Tensor:
+    """Teacher-forced log-probs ``(rows, longest reply, vocab)`` that the model, steered by the
+    compiled ``row`` (applied to every row), gives each reply token after its prompt.
+
+    Prompts are left-padded and replies right-padded, so every prompt ends at the same column
+    (the plan's prompt length: reply tokens count as generated); position ids follow the mask,
+    as in generate. Differentiable in the row's tensors when grad is enabled.
+    """
+    width = max(len(p) for p in prompts)
+    longest = max(len(r) for r in replies)
+    ids = torch.full((len(prompts), width + longest), sm.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, r) in enumerate(zip(prompts, replies)):
+        ids[i, width - len(p) : width + len(r)] = torch.tensor([*p, *r], dtype=torch.long)
+        mask[i, width - len(p) : width + len(r)] = 1
+    ids, mask = ids.to(sm.device), mask.to(sm.device)
+    kwargs: dict = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    if _accepts(sm.model, "position_ids"):
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    if _accepts(sm.model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = longest + 1
+    plan = None
+    if row:
+        starts = (mask[:, :width] == 0).sum(dim=1).cpu()
+        plan = sm._build_plan([(row, "distill")], width, starts)
+    with hooks.activate(hooks.CallState(plan) if plan is not None else None):
+        logits = sm.model(**kwargs).logits
+    span = logits[:, -(longest + 1) : -1]
+    return torch.log_softmax(span.float(), dim=-1)
+
+
+def _padded_targets(examples: Sequence[Example], device: torch.device):
+    """The examples' teacher top-k tensors padded to the longest reply, with a position mask."""
+    longest = max(len(e.reply) for e in examples)
+    k = examples[0].top_ids.shape[-1]
+    ids = torch.zeros((len(examples), longest, k), dtype=torch.long)
+    logp = torch.zeros((len(examples), longest, k))
+    tail = torch.zeros((len(examples), longest))
+    mask = torch.zeros((len(examples), longest))
+    for i, e in enumerate(examples):
+        n = len(e.reply)
+        ids[i, :n], logp[i, :n], tail[i, :n], mask[i, :n] = e.top_ids, e.top_logp, e.tail_logp, 1
+    return ids.to(device), logp.to(device), tail.to(device), mask.to(device)
+
+
+def topk_kl(
+    student_logp: torch.Tensor,
+    top_ids: torch.Tensor,
+    top_logp: torch.Tensor,
+    tail_logp: torch.Tensor,
+) -> torch.Tensor:
+    """Per-position KL(teacher || student) over the teacher's top-k tokens plus one bucket for
+    the rest of the vocabulary: exact when the teacher's tail mass is negligible, and never
+    above the full KL."""
+    s_top = student_logp.gather(-1, top_ids)
+    kl = (top_logp.exp() * (top_logp - s_top)).sum(-1)
+    s_tail = _log1mexp(s_top.logsumexp(-1))
+    return kl + tail_logp.exp() * (tail_logp - s_tail)
+
+
+def mean_kl(
+    sm: SteeredModel,
+    examples: Sequence[Example],
+    row: hooks.RowSpec | None,
+    first_weight: float = 1.0,
+) -> torch.Tensor:
+    """Mean per-token top-k KL(teacher || student steered by ``row``) over ``examples``; the
+    first reply token counts ``first_weight`` times."""
+    logp = reply_logprobs(sm, [e.student for e in examples], [e.reply for e in examples], row)
+    ids, top, tail, mask = _padded_targets(examples, logp.device)
+    if first_weight != 1.0:
+        mask = mask.clone()
+        mask[:, 0] *= first_weight
+    return (topk_kl(logp, ids, top, tail) * mask).sum() / mask.sum()
+
+
+def batched_kl(sm, examples, row, batch_size, first_weight: float = 1.0) -> float:
+    """``mean_kl`` over ``examples`` in batches, without gradients."""
+    with torch.no_grad():
+        total, n = 0.0, 0.0
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            k = sum(len(e.reply) for e in chunk) + (first_weight - 1.0) * len(chunk)
+            total += float(mean_kl(sm, chunk, row, first_weight)) * k
+            n += k
+        return total / max(n, 1.0)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How much of a prompt's effect a steering reproduces, teacher-forced on the prompted model's
+    own greedy replies: mean per-token KL(prompted || unsteered) and KL(prompted || steered)."""
+
+    kl_none: float
+    kl_vector: float
+    inputs: int
+    positions: int
+
+    @property
+    def removed(self) -> float:
+        """Share of the prompt's effect (KL) that the steering reproduces; 1 is perfect,
+        0 no better than nothing, negative further from the prompt than no steering."""
+        return 1.0 - self.kl_vector / self.kl_none if self.kl_none > 0 else 0.0
+
+
+def fidelity_of(
+    sm: SteeredModel, examples: Sequence[Example], row: hooks.RowSpec | None, batch_size: int = 8
+) -> Fidelity:
+    """Exact (full-vocabulary) fidelity of the compiled ``row`` on ``examples``."""
+    kl_none, kl_vec, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            replies = [e.reply for e in chunk]
+            teacher = reply_logprobs(sm, [e.teacher for e in chunk], replies)
+            students = [e.student for e in chunk]
+            none = reply_logprobs(sm, students, replies)
+            steered = reply_logprobs(sm, students, replies, row) if row else none
+            for i, e in enumerate(chunk):
+                k = len(e.reply)
+                p = teacher[i, :k]
+                kl_none += float((p.exp() * (p - none[i, :k])).sum())
+                kl_vec += float((p.exp() * (p - steered[i, :k])).sum())
+                n += k
+    n = max(n, 1)
+    return Fidelity(kl_none / n, kl_vec / n, len(examples), n)
