@@ -1,8 +1,8 @@
 """``actsteer demo``: what steering does, side by side, on the embedded model.
 
 For a handful of user messages it compares: no steering; a system prompt; the same system prompt
-compiled into a prompt-template vector (no prompt tokens sent); and two contrastive vectors
-(Love−Hate and dogs). Each call is timed and its prompt tokens counted.
+distilled into vectors (no prompt tokens sent); and two contrastive vectors (Love−Hate and
+dogs). Each call is timed and its prompt tokens counted.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def run_demo(
             f"prompt costs {saved:.0f} extra prompt tokens on every call (SmolLM2's chat template "
             "sends its own short default system prompt when none is given, so the saving here is "
             "the difference; a long production system prompt saves far more); the template "
-            "vector is "
-            "the average change that system prompt makes to the model's hidden states, added at "
-            "one layer instead, so those tokens are never sent. Love-Hate and dogs are "
+            "vector is that system prompt distilled into one small vector per layer, trained so "
+            "that the model without the prompt predicts what it predicts with it, so those "
+            "tokens are never sent. Love-Hate and dogs are "
             "contrastive vectors: the difference between activations for opposite example "
             "sentences, which shifts tone or topic without any instruction. A model this small "
             "follows instructions loosely, so compare the columns for tone and topic rather than "

@@ -159,6 +159,13 @@ def markdown_tables(rows: dict) -> str:
     return "\n".join(out)
 
 
+def replot() -> None:
+    """Redraw template.png from bench/results/template.json."""
+    import json
+
+    plot(json.loads((RESULTS / "template.json").read_text())["presets"])
+
+
 def plot(rows: dict) -> None:
     import matplotlib
 
@@ -170,7 +177,7 @@ def plot(rows: dict) -> None:
     width = 0.16
     for i, cond in enumerate(CONDITIONS):
         vals = [rows[n]["success"].get(cond, 0.0) for n in names]
-        label = "distilled vector" if cond == "vector" else cond
+        label = "vector (distilled for the template presets)" if cond == "vector" else cond
         ax.bar([x + i * width for x in range(len(names))], vals, width, label=label)
     ax.set_xticks([x + 2 * width for x in range(len(names))], names)
     ax.set_ylabel("behaviour success rate")

@@ -40,9 +40,8 @@ def test_distilling_lowers_the_held_out_kl(sm, distilled):
     assert card["test_kl"] < card["test_kl_none"], card
     assert card["test_fidelity"] > 0.02 and card["dev_fidelity"] > 0.02, card
     assert card["best_step"] > 0
-    # the reported test number is the same measure evaluate.fidelity gives
-    test_inputs = INPUTS[: card["test_inputs"]]  # not the same split; any held-out set works
-    f = fidelity(sm, PROMPT, vec, test_inputs, max_new_tokens=12)
+    # evaluate.fidelity is the same measure, here on inputs never seen in training
+    f = fidelity(sm, PROMPT, vec, neutral_inputs("heldout")[:6], max_new_tokens=12)
     assert f.kl_vector < f.kl_none, f
 
 
