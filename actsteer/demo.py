@@ -107,13 +107,3 @@ def run_demo(
         "summary": summary,
         "template_preset": TEMPLATE_PRESET,
     }
-
-
-def main() -> None:
-    from .cli import main as cli_main
-
-    raise SystemExit(cli_main(["demo"]))
-
-
-if __name__ == "__main__":
-    main()

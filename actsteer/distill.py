@@ -25,13 +25,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import hooks
 from .errors import DistillationError, SteeringSpecError
-from .model import SteeredModel
 from .teacher import Example, batched_kl, mean_kl
+
+if TYPE_CHECKING:
+    from .model import SteeredModel
 
 #: Positions a distilled vector can be trained for (ActAdd's per-position form cannot).
 POSITIONS = ("all", "prompt", "generated")

@@ -50,3 +50,27 @@ class GenerationError(ActsteerError, RuntimeError):
 
 class DistillationError(ActsteerError, RuntimeError):
     """Distillation produced no vector: its loss diverged, or it was cancelled."""
+
+
+class ExpressionError(SteeringSpecError):
+    """A steering expression does not parse; ``position`` indexes the bad character of ``text``."""
+
+    def __init__(self, text: str, position: int, reason: str) -> None:
+        self.text, self.position, self.reason = text, position, reason
+        head = f"cannot parse steering expression: {reason} at position {position}"
+        super().__init__(f"{head}\n{_caret(text, position)}")
+
+    def __reduce__(self):  # pickles (e.g. across worker processes) despite the custom __init__
+        return (type(self), (self.text, self.position, self.reason))
+
+
+class OptionsError(ActsteerError, ValueError):
+    """A generation option (``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``)
+    is invalid."""
+
+
+def _caret(text: str, pos: int) -> str:
+    lo, hi = max(0, pos - 40), min(len(text), pos + 40)
+    shown = "".join(c if c.isprintable() else " " for c in text[lo:hi])
+    left, right = ("..." if lo else ""), ("..." if hi < len(text) else "")
+    return f"  {left}{shown}{right}\n  {' ' * (len(left) + pos - lo)}^"

@@ -27,13 +27,14 @@ preset cannot be called ``file`` (``file:2`` is the file ``2``).
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .errors import SteeringSpecError
+from .errors import ExpressionError, SteeringSpecError
 
 MAX_LENGTH = 10_000
 MAX_LAYER = 100_000
@@ -45,25 +46,6 @@ _WORD_DOT = _WORD | {"."}
 _LAYER_CHARS = _DIGITS | {",", "-"}
 _SAFE_PATH = _WORD | frozenset("-./\\:~+,=%#")  # written unquoted in canonical form
 _SIGNS = ("+", "-")
-
-
-class ExpressionError(SteeringSpecError):
-    """A steering expression does not parse; ``position`` indexes the bad character of ``text``."""
-
-    def __init__(self, text: str, position: int, reason: str) -> None:
-        self.text, self.position, self.reason = text, position, reason
-        head = f"cannot parse steering expression: {reason} at position {position}"
-        super().__init__(f"{head}\n{_caret(text, position)}")
-
-    def __reduce__(self):  # pickles (e.g. across worker processes) despite the custom __init__
-        return (type(self), (self.text, self.position, self.reason))
-
-
-def _caret(text: str, pos: int) -> str:
-    lo, hi = max(0, pos - 40), min(len(text), pos + 40)
-    shown = "".join(c if c.isprintable() else " " for c in text[lo:hi])
-    left, right = ("..." if lo else ""), ("..." if hi < len(text) else "")
-    return f"  {left}{shown}{right}\n  {' ' * (len(left) + pos - lo)}^"
 
 
 def _skip(text: str, i: int, chars: frozenset[str]) -> int:
@@ -360,11 +342,17 @@ class _Parser:
 
 
 def parse(text: str) -> Expression:
-    """Parse a steering expression; raises ``ExpressionError`` pointing at the bad character."""
+    """Parse a steering expression; raises ``ExpressionError`` pointing at the bad character.
+    Parsed expressions are immutable and memoised: a string used on every call parses once."""
     if not isinstance(text, str):
         raise ExpressionError("", 0, f"expected a string, got {type(text).__name__}")
     if len(text) > MAX_LENGTH:
         raise ExpressionError(text, MAX_LENGTH, f"expression is over {MAX_LENGTH} characters")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Expression:
     return _Parser(text).expression()
 
 

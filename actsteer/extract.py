@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -26,8 +26,11 @@ from . import worker
 from .data import neutral_inputs
 from .errors import SteeringSpecError
 from .generation import CallCancel
-from .model import Prompt, SteeredModel
+from .prompts import Prompt
 from .vector import SteeringVector, VectorMeta
+
+if TYPE_CHECKING:
+    from .model import SteeredModel
 
 Read = Literal["last", "mean"]
 

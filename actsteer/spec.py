@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from .errors import CoefficientError, LayerError, NonFiniteError, SteeringSpecError
-from .vector import ModelFingerprint, SteeringVector, _span
+from .vector import ModelFingerprint, SteeringVector, _span, add_aligned, unit
 
 Positions = Literal["all", "prompt", "generated", "actadd"]
 Operator = Literal["add", "ablate", "add_norm_preserving"]
@@ -223,8 +223,7 @@ class Steering:
                         raise SteeringSpecError(
                             f"relative=True needs the typical activation norm of layer {layer}"
                         )
-                    n = d.norm(dim=-1, keepdim=True)
-                    d = torch.where(n > 0, d / n.clamp_min(1e-30), d) * ref
+                    d = unit(d) * ref
                 parts.append(d * (t.coeff * self.coeff))
             if not parts:
                 continue
@@ -233,7 +232,7 @@ class Steering:
                 continue
             delta = parts[0]
             for p in parts[1:]:
-                delta = _sum_aligned(delta, p)
+                delta = add_aligned(delta, p)
             if not torch.isfinite(delta).all():
                 raise NonFiniteError(f"layer {layer}: the combined delta overflowed to inf/NaN")
             ref = model_norms.get(layer)
@@ -306,16 +305,6 @@ def _layer(x: object) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 0:
         raise LayerError(f"layers must be non-negative ints, got {x!r}")
     return int(x)
-
-
-def _sum_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.ndim == 2 or b.ndim == 2:
-        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-        n = max(a2.shape[0], b2.shape[0])
-        a2 = torch.nn.functional.pad(a2, (0, 0, 0, n - a2.shape[0]))
-        b2 = torch.nn.functional.pad(b2, (0, 0, 0, n - b2.shape[0]))
-        return a2 + b2
-    return a + b
 
 
 def _fmt(x: float) -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import GenerationConfig
 
 from . import hooks
-from .model import SteeredModel
+
+if TYPE_CHECKING:
+    from .model import SteeredModel
 
 
 def chats(system_prompt: str, inputs: Sequence[str], template: bool) -> tuple[list, list]:

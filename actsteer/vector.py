@@ -232,11 +232,7 @@ class SteeringVector:
 
     def normalized(self) -> SteeringVector:
         """Each layer's direction scaled to unit norm (per position for 2-D directions)."""
-        out = {}
-        for layer, t in self._directions.items():
-            norm = t.norm(dim=-1, keepdim=True)
-            out[layer] = torch.where(norm > 0, t / norm.clamp_min(1e-30), t)
-        return SteeringVector(out, self._meta)
+        return SteeringVector({k: unit(t) for k, t in self._directions.items()}, self._meta)
 
     def __add__(self, other: object) -> SteeringVector:
         if not isinstance(other, SteeringVector):
@@ -247,7 +243,11 @@ class SteeringVector:
             )
         out = dict(self._directions)
         for layer, t in other.directions.items():
-            out[layer] = _add_aligned(out[layer], t, layer) if layer in out else t
+            if layer in out and out[layer].ndim != t.ndim:
+                raise SteeringSpecError(
+                    f"layer {layer}: cannot add a per-position (ActAdd) direction to a plain one"
+                )
+            out[layer] = add_aligned(out[layer], t) if layer in out else t
         return SteeringVector(out, _merge_meta(self._meta, other.meta, "combination"))
 
     def __neg__(self) -> SteeringVector:
@@ -348,7 +348,7 @@ class SteeringVector:
             del directions[0]
         if not directions:
             raise SteeringSpecError("nothing to export: the vector only has layer 0")
-        hint = model_hint or (self._meta.model.architecture.lower() if self._meta.model else "")
+        hint = model_hint or (arch_name(self._meta.model.architecture) if self._meta.model else "")
         write_gguf(path, directions, hint)
 
     @classmethod
@@ -403,16 +403,31 @@ def _check_tensor(layer: int, tensor: object) -> torch.Tensor:
     return out
 
 
-def _add_aligned(a: torch.Tensor, b: torch.Tensor, layer: int) -> torch.Tensor:
-    if a.ndim != b.ndim:
-        raise SteeringSpecError(
-            f"layer {layer}: cannot add a per-position (ActAdd) direction to a plain one"
-        )
-    if a.ndim == 2 and a.shape[0] != b.shape[0]:
+def arch_name(architecture: str) -> str:
+    """A Hugging Face architecture class as the short name llama.cpp's ``cvector-generator``
+    and repeng write as ``controlvector.model_hint``: ``LlamaForCausalLM`` -> ``llama``."""
+    for suffix in ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "Model"):
+        if architecture.endswith(suffix) and architecture != suffix:
+            return architecture[: -len(suffix)].lower()
+    return architecture.lower()
+
+
+def add_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` for directions of one layer; per-position ``(k, hidden)`` directions of
+    different lengths are zero-padded to the longer, a plain ``(hidden,)`` one counts as one
+    position."""
+    if a.ndim == 2 or b.ndim == 2:
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
         n = max(a.shape[0], b.shape[0])
         a = torch.nn.functional.pad(a, (0, 0, 0, n - a.shape[0]))
         b = torch.nn.functional.pad(b, (0, 0, 0, n - b.shape[0]))
     return a + b
+
+
+def unit(t: torch.Tensor) -> torch.Tensor:
+    """``t`` scaled to norm 1 along its last axis (zero rows stay zero)."""
+    norm = t.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, t / norm.clamp_min(1e-30), t)
 
 
 def _span(layers: Iterable[int]) -> str:

@@ -1,5 +1,7 @@
-"""The one thread that runs actsteer's forward passes, merging generate calls that wait at the
-same time into one batched generate.
+"""The one thread that runs actsteer's forward passes, merging jobs that wait at the same time
+into one batched run. It runs what it is handed (``Job`` values from an engine, plain callables)
+and knows nothing of models: a job brings its merge key, its row count and the function that
+runs a group of such jobs.
 
 Why one thread: torch on CPU keeps an OpenMP thread team per calling thread, and while two teams
 are alive libgomp throttles its spin-waiting, so every op of every decode step pays a thread
@@ -8,8 +10,9 @@ thread calls (a thread pool, ``asyncio.to_thread``'s executor, a streaming threa
 behind that slow everything after. Here every generate, stream and activation read runs on one
 thread, whatever thread or task asks for it.
 
-And since calls queue there anyway, they batch: calls waiting together with equal options are
-merged (up to ``MAX_MERGED_ROWS`` rows) into one padded generate, so a thread pool of ``invoke``
+And since calls queue there anyway, they batch: jobs waiting together with equal keys (for
+``LocalEngine``: the same engine and options) are merged (up to ``MAX_MERGED_ROWS`` rows) into
+one padded generate, so a thread pool of ``invoke``
 calls or an ``asyncio.gather`` of ``ainvoke`` calls costs about one batched generate instead of
 one each. Rows stay independent (per-row steering, seeded sampling, cancellation and streaming),
 so a merged row gives what the call alone gives.
@@ -23,16 +26,12 @@ import functools
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .generation import CallCancel
-
-if TYPE_CHECKING:
-    from .generation import Generation, TokenQueue
-    from .model import SteeredModel
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -43,24 +42,25 @@ MAX_MERGED_ROWS = 32
 
 @dataclass(eq=False)
 class Job:
-    """One generate call: prompts, per-row steering and options, prepared by the caller (sync
-    calls, which then fail early and in their own thread) or on the worker (async calls)."""
+    """A unit of batched work handed to the worker by an engine. The worker knows nothing of
+    what it holds: jobs with equal ``key`` waiting at the same time run as one ``run(group)``
+    call, which returns one result per job."""
 
-    sm: SteeredModel
-    prompts: list[Any]
-    steering: list[Any]
-    options: tuple[Any, ...]
-    """``(max_new_tokens, temperature, top_p, stop, seed)``: calls merge only when equal."""
-    rows: tuple[list[list[int]], list[Any]] | None = None
-    """``(encoded, compiled)`` once prepared."""
-    stream: TokenQueue | None = None
-    """For a one-row streaming call: where its new tokens go, step by step."""
+    key: Hashable
+    """Jobs with equal keys may share one run (same engine, same options)."""
+    rows: int
+    """Batch rows this job adds to a merged run (at most ``MAX_MERGED_ROWS`` merge)."""
+    run: Callable[[list[Job]], list[Any]]
+    """Runs a group of jobs with this key as one call; one result per job, in order."""
+    payload: Any = None
+    """The engine's data for this job (prompts, compiled steering, a stream queue, ...)."""
+    prepare: Callable[[Job], None] | None = None
+    """Work to do on the worker before the job can run (an async caller's encoding); when it
+    raises, this job alone fails."""
     cancel: CallCancel = field(default_factory=CallCancel)
+    retry_alone: bool = True
+    """If a merged run fails, run this job again alone (False for streams, already started)."""
     future: Future = field(default_factory=Future)
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        return (id(self.sm), self.options)
 
 
 @dataclass(eq=False)
@@ -75,23 +75,26 @@ class _Worker:
     """A daemon thread serving a queue (started on first use, and again after a fork)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Job | _Call] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | _Call | list[Job]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.waiting = 0
+        """Jobs and calls queued and not yet started (``waiting()``)."""
 
     def here(self) -> bool:
         """Whether the calling thread is the worker (whose calls run directly)."""
         return threading.current_thread() is self._thread
 
-    def submit(self, item: Job | _Call) -> Future:
+    def submit(self, item: Job | _Call | list[Job]) -> None:
+        """Queue an item; a list of jobs arrives at once, so they can all merge."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="actsteer-generate", daemon=True
                 )
                 self._thread.start()
+            self.waiting += len(item) if isinstance(item, list) else 1
         self._queue.put(item)
-        return item.future
 
     def _loop(self) -> None:
         held: collections.deque[Job | _Call] = collections.deque()
@@ -99,25 +102,40 @@ class _Worker:
             group: list[Job] = []
             try:
                 if not held:
-                    held.append(self._queue.get())
+                    _hold(held, self._queue.get())
                 while True:  # everything waiting now may join this round
                     try:
-                        held.append(self._queue.get_nowait())
+                        _hold(held, self._queue.get_nowait())
                     except queue.Empty:
                         break
                 if isinstance(held[0], _Call):
+                    self._started(1)
                     _run_call(held.popleft())
                     continue
+                before = len(held)
                 group = _take_group(held)
+                self._started(before - len(held))
                 if group:
                     _run_group(group)
             except BaseException as exc:  # never die with callers waiting: fail them instead
                 for item in [*group, *held]:
                     if not item.future.done():
                         item.future.set_exception(exc)
+                self._started(len(held))
                 held.clear()
             finally:
                 del group  # hold no models or prompts while idle
+
+    def _started(self, n: int) -> None:
+        with self._lock:
+            self.waiting -= n
+
+
+def _hold(held: collections.deque[Job | _Call], item: Job | _Call | list[Job]) -> None:
+    if isinstance(item, list):
+        held.extend(item)
+    else:
+        held.append(item)
 
 
 def _run_call(call: _Call) -> None:
@@ -140,59 +158,40 @@ def _take_group(held: collections.deque[Job | _Call]) -> list[Job]:
     for job in list(held):
         if not isinstance(job, Job):
             continue
-        if key is not None and (job.key != key or rows + len(job.prompts) > MAX_MERGED_ROWS):
+        if key is not None and (job.key != key or rows + job.rows > MAX_MERGED_ROWS):
             continue
         held.remove(job)
         if not job.future.set_running_or_notify_cancel():  # its caller has gone
-            if job.stream is not None:
-                job.stream.end()
             continue
-        if job.rows is None:
+        if job.prepare is not None:
             try:
-                job.rows = job.sm._prepare_rows(job.prompts, job.steering)
+                job.prepare(job)
             except Exception as exc:
                 job.future.set_exception(exc)
                 continue
         group.append(job)
-        rows += len(job.prompts)
+        rows += job.rows
         key = job.key
     return group
 
 
 def _run_group(group: list[Job]) -> None:
-    """One generate for the group; if a merged generate fails (say, out of memory for the
-    padded batch), each non-streaming job gets its own try."""
-    encoded: list[list[int]] = []
-    compiled: list[Any] = []
-    cancels: list[CallCancel] = []
-    streams: list[tuple[int, TokenQueue]] = []
-    for job in group:
-        enc, comp = job.rows  # type: ignore[misc]
-        if job.stream is not None:
-            streams.append((len(encoded), job.stream))
-        encoded += enc
-        compiled += comp
-        cancels += [job.cancel] * len(enc)
-    sm, options = group[0].sm, group[0].options
+    """One run for the group; if a merged run fails (say, out of memory for the padded batch),
+    each job that may be retried gets its own try."""
     try:
-        gens = sm._generate_rows(encoded, compiled, cancels, *options, streams=streams)
+        results = group[0].run(group)
     except BaseException as exc:
         retry = isinstance(exc, Exception) and len(group) > 1
         for job in group:
-            if not (retry and job.stream is None):
+            if not (retry and job.retry_alone):
                 job.future.set_exception(exc)  # its caller re-raises it
         if retry:
             for job in group:
-                if job.stream is None:
+                if job.retry_alone:
                     _run_group([job])
         return
-    finally:
-        for _, stream in streams:
-            stream.end()
-    start = 0
-    for job in group:
-        job.future.set_result(gens[start : start + len(job.prompts)])
-        start += len(job.prompts)
+    for job, result in zip(group, results, strict=True):
+        job.future.set_result(result)
 
 
 _WORKER = _Worker()
@@ -203,29 +202,36 @@ def here() -> bool:
     return _WORKER.here()
 
 
-def submit(job: Job) -> Future:
-    """Queue ``job``; its future gets one ``Generation`` per prompt."""
-    return _WORKER.submit(job)
+def waiting() -> int:
+    """How many jobs and calls are queued for the generation thread and not yet started (for
+    monitoring, and for tests that must know their calls have queued up)."""
+    return _WORKER.waiting
 
 
-def wait(job: Job) -> list[Generation]:
+def submit(*jobs: Job) -> list[Future]:
+    """Queue ``jobs`` together (they may all merge); each future gets its job's result."""
+    _WORKER.submit(list(jobs))
+    return [job.future for job in jobs]
+
+
+def wait(job: Job) -> Any:
     """Run ``job`` on the worker and block until its rows are done; an interrupt while waiting
     (KeyboardInterrupt) stops the job's rows, or drops the job if still queued."""
-    future = _WORKER.submit(job)
+    _WORKER.submit(job)
     try:
-        return future.result()
+        return job.future.result()
     except BaseException:
         job.cancel.set()
-        future.cancel()
+        job.future.cancel()
         raise
 
 
-async def run(job: Job) -> list[Generation]:
+async def run(job: Job) -> Any:
     """Run ``job`` on the worker without blocking the event loop; cancelling the awaiting task
     stops the job's rows (or drops the job if it is still queued)."""
-    future = _WORKER.submit(job)
+    _WORKER.submit(job)
     try:
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(job.future)
     except asyncio.CancelledError:
         job.cancel.set()
         raise
@@ -237,7 +243,9 @@ def call(fn: Callable[[], T], *, cancel: CallCancel | None = None) -> T:
     unless it watches ``cancel``, which the interrupt sets (long work such as distillation)."""
     if _WORKER.here():
         return fn()
-    future = _WORKER.submit(_Call(fn))
+    item = _Call(fn)
+    _WORKER.submit(item)
+    future = item.future
     try:
         return future.result()
     except BaseException:
@@ -251,7 +259,9 @@ async def acall(fn: Callable[[], T]) -> T:
     """``call`` for asyncio: wait for ``fn`` on the worker without blocking the event loop."""
     if _WORKER.here():
         return fn()
-    return await asyncio.wrap_future(_WORKER.submit(_Call(fn)))
+    item = _Call(fn)
+    _WORKER.submit(item)
+    return await asyncio.wrap_future(item.future)
 
 
 def on_worker(fn: Callable[P, T]) -> Callable[P, T]:

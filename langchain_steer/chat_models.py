@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
-from functools import partial
+from collections.abc import AsyncIterator, Iterator
 from operator import itemgetter
 from typing import Any, Literal
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import OutputParserException
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.load import dumps
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
     SystemMessage,
-    ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
@@ -34,19 +32,17 @@ from langchain_core.runnables import (
     RunnableMap,
     RunnablePassthrough,
 )
-from langchain_core.runnables.config import get_config_list
 from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict
 
-from actsteer import SteeredModel
+from actsteer.engine import Request
 from actsteer.generation import Generation
-from actsteer.model import Prompt
+from actsteer.prompts import Prompt
 
-from ._batching import agenerate_one, arun_batched, generate_one, run_batched
-from ._common import Row, SteerFields, steering_key, usage
-
-_MULTIMODAL = {"image", "image_url", "audio", "input_audio", "video", "file"}
+from . import _batch
+from ._common import SteerFields, steering_key, usage
+from .messages import render_messages
 
 
 class ChatSteer(SteerFields, BaseChatModel):
@@ -146,23 +142,43 @@ class ChatSteer(SteerFields, BaseChatModel):
         return super()._get_invocation_params(stop=stop, **{**kwargs, **steering})
 
     # -- generation ------------------------------------------------------------------------------
-    def _chat_row(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Row:
-        return self._row(render_messages(self.steered_model(), messages), stop, kwargs)
+    def _prompt_of(self, value: Any) -> Prompt:
+        return render_messages(self.steered_model(), value.to_messages())
 
-    def _result(self, g: Generation, row: Row) -> ChatResult:
+    def _cached(self, value: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> bool:
+        cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
+        if self.cache is False or cache is None:
+            return False
+        try:  # the lookup LangChain's _generate_with_cache makes
+            messages = [
+                m.model_copy(update={"id": None}) if getattr(m, "id", None) is not None else m
+                for m in value.to_messages()
+            ]
+            return (
+                cache.lookup(dumps(messages), self._get_llm_string(stop=stop, **kwargs)) is not None
+            )
+        except Exception:  # LangChain changed its key: run the row (only time is lost)
+            return False
+
+    def _chat_request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict
+    ) -> Request:
+        return self._request(render_messages(self.steered_model(), messages), stop, kwargs)
+
+    def _result(self, g: Generation, request: Request) -> ChatResult:
         message = AIMessage(
-            content=g.text, usage_metadata=usage(g), response_metadata=self._metadata(g, row)
+            content=g.text, usage_metadata=usage(g), response_metadata=self._metadata(g, request)
         )
         return ChatResult(
             generations=[ChatGeneration(message=message)],
             llm_output={"model_name": self.model_name},
         )
 
-    def _metadata(self, g: Generation, row: Row) -> dict[str, Any]:
+    def _metadata(self, g: Generation, request: Request) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
             "finish_reason": g.finish_reason,
-            "steering": row.info(),
+            "steering": request.info(),
         }
 
     def _generate(
@@ -172,8 +188,8 @@ class ChatSteer(SteerFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        row = self._chat_row(messages, stop, kwargs)
-        return self._result(generate_one(row), row)
+        request = self._chat_request(messages, stop, kwargs)
+        return self._result(_batch.generate(self, [request])[0], request)
 
     async def _agenerate(
         self,
@@ -183,8 +199,8 @@ class ChatSteer(SteerFields, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # loading the model or extracting a preset takes seconds: keep it off the event loop
-        row = await asyncio.to_thread(self._chat_row, messages, stop, kwargs)
-        return self._result(await agenerate_one(row), row)
+        request = await asyncio.to_thread(self._chat_request, messages, stop, kwargs)
+        return self._result((await _batch.agenerate(self, [request]))[0], request)
 
     def _stream(
         self,
@@ -193,19 +209,12 @@ class ChatSteer(SteerFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        row = self._chat_row(messages, stop, kwargs)
-        done: list[Generation] = []
-        for piece in row.sm.stream(
-            row.prompt, row.steering, on_finish=done.append, **row.stream_kwargs()
-        ):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        request = self._chat_request(messages, stop, kwargs)
+        for item in self.engine().stream(request, timeout=self._timeout(kwargs)):
+            chunk = self._chunk(item, request)
             if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
-        last = self._last_chunk(done[0], row)
-        if run_manager:
-            run_manager.on_llm_new_token("", chunk=last)
-        yield last
 
     async def _astream(
         self,
@@ -214,31 +223,27 @@ class ChatSteer(SteerFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        row = await asyncio.to_thread(self._chat_row, messages, stop, kwargs)
-        done: list[Generation] = []
-        async for piece in row.sm.astream(
-            row.prompt, row.steering, on_finish=done.append, **row.stream_kwargs()
-        ):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        request = await asyncio.to_thread(self._chat_request, messages, stop, kwargs)
+        async for item in self.engine().astream(request, timeout=self._timeout(kwargs)):
+            chunk = self._chunk(item, request)
             if run_manager:
-                await run_manager.on_llm_new_token(piece, chunk=chunk)
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
-        last = self._last_chunk(done[0], row)
-        if run_manager:
-            await run_manager.on_llm_new_token("", chunk=last)
-        yield last
 
-    def _last_chunk(self, g: Generation, row: Row) -> ChatGenerationChunk:
-        """The closing chunk: usage, finish reason and steering, ``chunk_position="last"``."""
+    def _chunk(self, item: str | Generation, request: Request) -> ChatGenerationChunk:
+        """A text piece, or for the final ``Generation`` the closing chunk: usage, finish reason
+        and steering, ``chunk_position="last"``."""
+        if isinstance(item, str):
+            return ChatGenerationChunk(message=AIMessageChunk(content=item))
         message = AIMessageChunk(
             content="",
             chunk_position="last",
-            usage_metadata=usage(g),
-            response_metadata=self._metadata(g, row),
+            usage_metadata=usage(item),
+            response_metadata=self._metadata(item, request),
         )
         return ChatGenerationChunk(message=message)
 
-    # -- batching: one generate per chunk -------------------------------------------------------
+    # -- batching: each chunk's rows generate together ------------------------------------------
     def batch(
         self,
         inputs: list[LanguageModelInput],
@@ -247,14 +252,13 @@ class ChatSteer(SteerFields, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage | Exception]:  # type: ignore[override]
-        """One batched generate per chunk of ``max_concurrency`` (else ``batch_size``) inputs;
-        each input keeps its own config, callbacks, cache lookup and run id."""
+        """Each chunk of ``max_concurrency`` (else ``batch_size``) inputs generates together, in
+        one batched generate per distinct set of options; each input keeps its own config,
+        callbacks, cache lookup and run id."""
         if not inputs:
             return []
-        configs = get_config_list(config, len(inputs))
-        calls = [partial(self.invoke, x, c, **kwargs) for x, c in zip(inputs, configs)]
-        size = configs[0].get("max_concurrency") or self.batch_size
-        return run_batched(calls, chunk_size=size, return_exceptions=return_exceptions)
+        rows, size = _batch.rows_of(self, inputs, config)
+        return _batch.run(rows, kwargs, chunk_size=size, return_exceptions=return_exceptions)
 
     async def abatch(
         self,
@@ -264,13 +268,11 @@ class ChatSteer(SteerFields, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage | Exception]:  # type: ignore[override]
-        """Async ``batch``: one batched generate per chunk, off the event loop."""
+        """Async ``batch``: each chunk's rows generate together, off the event loop."""
         if not inputs:
             return []
-        configs = get_config_list(config, len(inputs))
-        calls = [partial(self.ainvoke, x, c, **kwargs) for x, c in zip(inputs, configs)]
-        size = configs[0].get("max_concurrency") or self.batch_size
-        return await arun_batched(calls, chunk_size=size, return_exceptions=return_exceptions)
+        rows, size = _batch.rows_of(self, inputs, config)
+        return await _batch.arun(rows, kwargs, chunk_size=size, return_exceptions=return_exceptions)
 
     # -- structured output -----------------------------------------------------------------------
     def with_structured_output(
@@ -322,78 +324,6 @@ class ChatSteer(SteerFields, BaseChatModel):
             [RunnablePassthrough.assign(parsed=lambda _: None)], exception_key="parsing_error"
         )
         return RunnableMap(raw=prompt | llm) | parsed
-
-
-# -- messages ------------------------------------------------------------------------------------
-def render_messages(sm: SteeredModel, messages: Sequence[BaseMessage]) -> Prompt:
-    """LangChain messages as ``{"role", "content"}`` dicts the model's chat template accepts:
-    natural roles first; if the template rejects them (no system role, strict alternation),
-    system text moves into the next user turn and same-role turns are merged."""
-    if not messages:
-        raise ValueError("ChatSteer needs at least one message")
-    template = getattr(sm.tokenizer, "chat_template", None)
-    chat = [
-        _as_dict(m, tool_role=isinstance(template, str) and "tool" in template) for m in messages
-    ]
-    try:
-        sm.render(chat)
-        return chat
-    except Exception:  # the template refused this shape; retry with the portable one
-        portable = _portable(chat)
-        sm.render(portable)
-        return portable
-
-
-def _as_dict(m: BaseMessage, *, tool_role: bool) -> dict[str, str]:
-    if isinstance(m.content, list):
-        kinds = {b.get("type") for b in m.content if isinstance(b, dict)}
-        if kinds & _MULTIMODAL:
-            raise ValueError(f"ChatSteer takes text only; got content blocks {sorted(kinds)}")
-    text = m.text
-    if isinstance(m, SystemMessage):
-        return {"role": "system", "content": text}
-    if isinstance(m, HumanMessage):
-        return {"role": "user", "content": text}
-    if isinstance(m, AIMessage):
-        calls = [f"Calling {c['name']}({_arguments(c['args'])})." for c in m.tool_calls]
-        return {"role": "assistant", "content": "\n".join([text, *calls]).strip()}
-    if isinstance(m, ToolMessage | FunctionMessage):
-        if tool_role:
-            return {"role": "tool", "content": text}
-        return {
-            "role": "user",
-            "content": f"{getattr(m, 'name', None) or 'The tool'} returned: {text}",
-        }
-    if isinstance(m, ChatMessage):
-        return {"role": m.role, "content": text}
-    raise ValueError(f"ChatSteer cannot render a {type(m).__name__}")
-
-
-def _arguments(args: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in args.items())
-
-
-def _portable(chat: list[dict[str, str]]) -> list[dict[str, str]]:
-    """User/assistant turns only, alternating, system text folded into the next user turn."""
-    out: list[dict[str, str]] = []
-    pending: list[str] = []
-    for m in chat:
-        role = m["role"] if m["role"] in ("user", "assistant") else "user"
-        if m["role"] == "system":
-            pending.append(m["content"])
-            continue
-        text = f"The tool returned: {m['content']}" if m["role"] == "tool" else m["content"]
-        content = "\n\n".join([*pending, text]) if role == "user" else text
-        pending = [] if role == "user" else pending
-        if out and out[-1]["role"] == role:
-            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + content}
-        else:
-            out.append({"role": role, "content": content})
-    if pending:
-        out.append({"role": "user", "content": "\n\n".join(pending)})
-    if out and out[0]["role"] == "assistant":
-        out.insert(0, {"role": "user", "content": ""})
-    return out
 
 
 # -- structured output helpers -------------------------------------------------------------------

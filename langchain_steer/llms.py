@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -16,10 +15,12 @@ from langchain_core.outputs import Generation as LCGeneration
 from langchain_core.outputs import GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
+from actsteer.engine import Request
 from actsteer.generation import Generation
+from actsteer.prompts import Prompt
 
-from ._batching import agenerate_one, generate_one
-from ._common import Row, SteerFields, usage
+from . import _batch
+from ._common import SteerFields, usage
 
 
 class SteerLLM(SteerFields, BaseLLM):
@@ -82,19 +83,22 @@ class SteerLLM(SteerFields, BaseLLM):
     def _llm_type(self) -> str:
         return "actsteer-llm"
 
-    def _info(self, g: Generation, row: Row) -> dict[str, Any]:
+    def _prompt_of(self, value: Any) -> Prompt:
+        return value.to_string()
+
+    def _info(self, g: Generation, request: Request) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
             "finish_reason": g.finish_reason,
             "usage": dict(usage(g)),
-            "steering": row.info(),
+            "steering": request.info(),
         }
 
-    def _results(self, gens: list[Generation], rows: list[Row]) -> LLMResult:
+    def _results(self, gens: list[Generation], requests: list[Request]) -> LLMResult:
         return LLMResult(
             generations=[
                 [LCGeneration(text=g.text, generation_info=self._info(g, r))]
-                for g, r in zip(gens, rows)
+                for g, r in zip(gens, requests, strict=True)
             ],
             llm_output={
                 "model_name": self.model_name,
@@ -105,6 +109,10 @@ class SteerLLM(SteerFields, BaseLLM):
             },
         )
 
+    def _requests(self, prompts: list[str], stop: list[str] | None, kwargs: dict) -> list[Request]:
+        first = self._request(prompts[0], stop, kwargs)  # every prompt shares the options
+        return [Request(p, first.steering, first.options) for p in prompts]
+
     def _generate(
         self,
         prompts: list[str],
@@ -112,15 +120,8 @@ class SteerLLM(SteerFields, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        first = self._row(prompts[0], stop, kwargs)
-        rows = [replace(first, prompt=p) for p in prompts]
-        if len(rows) == 1:
-            return self._results([generate_one(rows[0])], rows)
-        r = rows[0]  # one call: every row shares the options and steering
-        gens = r.sm.generate_batch_detailed(
-            prompts, [r.steering] * len(rows), **r.generate_kwargs()
-        )
-        return self._results(gens, rows)
+        requests = self._requests(prompts, stop, kwargs)
+        return self._results(_batch.generate(self, requests), requests)
 
     async def _agenerate(
         self,
@@ -129,15 +130,8 @@ class SteerLLM(SteerFields, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        first = await asyncio.to_thread(self._row, prompts[0], stop, kwargs)
-        rows = [replace(first, prompt=p) for p in prompts]
-        if len(rows) == 1:
-            return self._results([await agenerate_one(rows[0])], rows)
-        r = rows[0]
-        gens = await r.sm.agenerate_batch_detailed(
-            prompts, [r.steering] * len(rows), **r.generate_kwargs()
-        )
-        return self._results(gens, rows)
+        requests = await asyncio.to_thread(self._requests, prompts, stop, kwargs)
+        return self._results(await _batch.agenerate(self, requests), requests)
 
     def _stream(
         self,
@@ -146,16 +140,15 @@ class SteerLLM(SteerFields, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        row = self._row(prompt, stop, kwargs)
-        done: list[Generation] = []
-        for piece in row.sm.stream(
-            row.prompt, row.steering, on_finish=done.append, **row.stream_kwargs()
-        ):
-            chunk = GenerationChunk(text=piece)
+        request = self._request(prompt, stop, kwargs)
+        for item in self.engine().stream(request, timeout=self._timeout(kwargs)):
+            if isinstance(item, Generation):
+                yield GenerationChunk(text="", generation_info=self._info(item, request))
+                continue
+            chunk = GenerationChunk(text=item)
             if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
+                run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
-        yield GenerationChunk(text="", generation_info=self._info(done[0], row))
 
     async def _astream(
         self,
@@ -164,13 +157,12 @@ class SteerLLM(SteerFields, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        row = await asyncio.to_thread(self._row, prompt, stop, kwargs)
-        done: list[Generation] = []
-        async for piece in row.sm.astream(
-            row.prompt, row.steering, on_finish=done.append, **row.stream_kwargs()
-        ):
-            chunk = GenerationChunk(text=piece)
+        request = await asyncio.to_thread(self._request, prompt, stop, kwargs)
+        async for item in self.engine().astream(request, timeout=self._timeout(kwargs)):
+            if isinstance(item, Generation):
+                yield GenerationChunk(text="", generation_info=self._info(item, request))
+                continue
+            chunk = GenerationChunk(text=item)
             if run_manager:
-                await run_manager.on_llm_new_token(piece, chunk=chunk)
+                await run_manager.on_llm_new_token(item, chunk=chunk)
             yield chunk
-        yield GenerationChunk(text="", generation_info=self._info(done[0], row))

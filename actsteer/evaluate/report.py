@@ -214,9 +214,7 @@ def evaluate(
     ]
     fid = None
     if with_fidelity and instruction:
-        fid = fidelity(
-            sm, instruction, steering, prompts, max_new_tokens=min(24, max_new_tokens)
-        )
+        fid = fidelity(sm, instruction, steering, prompts, max_new_tokens=min(24, max_new_tokens))
     return EvalReport(
         model=sm.fingerprint.name,
         steering=str(label),

@@ -94,8 +94,9 @@ def sweep(
 def plot_sweep(points: Sequence[SweepPoint], path: str | Path, title: str = "") -> Path:
     """Behaviour (success rate) and quality (perplexity ratio) against the coefficient, one
     line per layer set, in one PNG."""
-    import matplotlib
+    from .checks import needs_eval_extra
 
+    matplotlib = needs_eval_extra("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -14,7 +14,6 @@ on first use, with a notice and a progress bar, and caches them like the rest.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import hashlib
 import json
@@ -88,7 +87,7 @@ class Preset:
         inputs = self.inputs
         if inputs is None and self.method in ("prompt_template", "distill"):
             inputs = tuple(neutral_inputs("train"))  # the shipped default inputs
-        parts: builtins.list[Any] = [self.method, self.read, self.pairs, self.system_prompt, inputs]
+        parts: list[Any] = [self.method, self.read, self.pairs, self.system_prompt, inputs]
         if self.method == "distill":  # what else determines a distilled vector
             from ..distill import config
 
@@ -100,9 +99,9 @@ class Preset:
     def layer_indices(self, num_layers: int) -> list[int]:
         """The default layers on a model of ``num_layers`` decoder blocks."""
         if self.layers is None:
-            return builtins.list(range(1, num_layers)) or [0]
+            return list(range(1, num_layers)) or [0]
         lo, hi = (round(f * (num_layers - 1)) for f in self.layers)
-        return builtins.list(range(max(0, lo), min(num_layers - 1, hi) + 1))
+        return list(range(max(0, lo), min(num_layers - 1, hi) + 1))
 
 
 def _parse(name: str, data: dict[str, Any]) -> Preset:
@@ -144,12 +143,12 @@ def _all() -> dict[str, Preset]:
     return out
 
 
-def list_presets() -> builtins.list[Preset]:
+def list_presets() -> list[Preset]:
     """Every built-in preset, sorted by name."""
-    return builtins.list(_all().values())
+    return list(_all().values())
 
 
-def names() -> builtins.list[str]:
+def names() -> list[str]:
     return sorted(_all())
 
 
@@ -188,7 +187,7 @@ def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> S
     the default layers are recorded in the metadata."""
     from .. import extract as ex
 
-    layers = builtins.list(range(sm.num_layers))
+    layers = list(range(sm.num_layers))
     if preset.method == "distill":
         vec = ex.distill(
             sm,
@@ -209,9 +208,7 @@ def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> S
         )
     elif preset.method in ("mean_diff", "pca"):
         fn = ex.mean_diff if preset.method == "mean_diff" else ex.pca
-        vec = fn(
-            sm, builtins.list(preset.pairs), layers, read=preset.read or "mean", progress=progress
-        )
+        vec = fn(sm, list(preset.pairs), layers, read=preset.read or "mean", progress=progress)
     else:
         raise SteeringSpecError(f"preset {preset.name!r}: unknown method {preset.method!r}")
     extra = {"preset": preset.name, "preset_hash": preset.content_hash, "check": preset.check}
@@ -277,7 +274,7 @@ def _valid(path: Path, sm: SteeredModel, preset: Preset) -> SteeringVector | Non
 def ready_vector(
     sm: SteeredModel,
     name: str,
-    layers: builtins.list[int] | tuple[int, ...] | None = None,
+    layers: list[int] | tuple[int, ...] | None = None,
     progress: bool | None = None,
 ) -> SteeringVector:
     """The preset's vector on its default layers (or ``layers``), scaled so that coefficient 1 is

@@ -1,6 +1,7 @@
-"""SteerLLM and MiniLMEmbedding on the real models: retrieval over the cookbook documents, a query
-engine end to end on the embedded SmolLM2 with answers steered on generated positions only, and
-structured output on a tiny schema. Few, short generations (at most 24 new tokens)."""
+"""SteerLLM on the real models (embeddings: LlamaIndex's HuggingFaceEmbedding with all-MiniLM):
+retrieval over the cookbook documents, a query engine end to end on the embedded SmolLM2 with
+answers steered on generated positions only, and structured output on a tiny schema. Few,
+short generations (at most 24 new tokens)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChat
 from llama_index.core.prompts import PromptTemplate
 from pydantic import BaseModel, Field
 
-from llamaindex_steer import MiniLMEmbedding, SteerLLM
+from llamaindex_steer import SteerLLM
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +41,17 @@ class City(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def embed() -> MiniLMEmbedding:
-    return MiniLMEmbedding()
+def embed():
+    import sys
+
+    sys.path.insert(0, str(DATA.parent))
+    try:
+        from llamaindex_rag import local_minilm
+    finally:
+        sys.path.remove(str(DATA.parent))
+    model = local_minilm()
+    assert "site-packages" in model.model_name  # the wheel's folder, offline
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import build_tiny, random_vector
 
-from actsteer import Steering
+from actsteer import Steering, worker
 from actsteer.hooks import current_state
 
 GEN = {"max_new_tokens": 8}
@@ -91,7 +91,7 @@ def test_exception_mid_generation_leaves_no_trace(sm, settings, references):
             sm.generate(PROMPTS[1], settings[1], **GEN)
     finally:
         handle.remove()
-    assert current_state() is None
+    assert worker.call(current_state) is None  # where generation ran
     assert sm.generate(PROMPTS[0], **GEN) == references[0]
     assert sm.generate(PROMPTS[1], settings[1], **GEN) == references[1]
 
@@ -102,7 +102,7 @@ def test_abandoned_stream_leaves_no_trace(sm, settings, references):
     next(stream)
     stream.close()
     assert threading.active_count() == before  # the worker was stopped and joined
-    assert current_state() is None
+    assert worker.call(current_state) is None  # where generation ran
     assert sm.generate(PROMPTS[0], **GEN) == references[0]
 
 
@@ -116,12 +116,15 @@ def test_stream_reraises_worker_errors(sm, settings):
 
 
 async def test_cancelled_task_stops_generation_and_leaves_no_trace(sm, references):
+    started = threading.Event()
+    remove = sm.engine.observe(lambda rows: started.set())
     task = asyncio.create_task(sm.agenerate(PROMPTS[0], max_new_tokens=400))
-    await asyncio.sleep(0.05)
+    await asyncio.to_thread(started.wait, 30)  # the generate is running
+    remove()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert current_state() is None
+    assert await worker.acall(current_state) is None  # where generation ran
     assert await sm.agenerate(PROMPTS[0], **GEN) == references[0]
 
 

@@ -540,3 +540,19 @@ def test_hostile_safetensors_headers_only_raise_vector_file_error(
     length = len(raw) if declared is None else declared
     path = _write(scratch / "hostile.safetensors", struct.pack("<Q", length) + raw + body)
     _only_vector_file_error_or_valid(read_native, path)
+
+
+def test_gguf_model_hint_is_the_architecture_name(tmp_path):
+    from actsteer import ModelFingerprint, SteeringVector, VectorMeta
+    from actsteer.vector import arch_name
+
+    assert [arch_name(a) for a in ("LlamaForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel")] == [
+        "llama",
+        "qwen2",
+        "gpt2",
+    ]
+    fp = ModelFingerprint("org/m", "LlamaForCausalLM", 4, 3)
+    vec = SteeringVector({1: torch.ones(4)}, VectorMeta(model=fp))
+    vec.to_gguf(tmp_path / "v.gguf")
+    _, meta = read_gguf(tmp_path / "v.gguf")
+    assert meta["model_hint"] == "llama"

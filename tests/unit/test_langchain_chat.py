@@ -18,8 +18,9 @@ from langchain_core.runnables import ConfigurableField
 from pydantic import BaseModel, ValidationError
 
 from actsteer import Generation, SteeredModel, Steering, SteeringVector
+from actsteer.errors import ExpressionError, SteeringSpecError
 from langchain_steer import ChatSteer
-from langchain_steer.chat_models import render_messages
+from langchain_steer.messages import render_messages
 
 GEN = {"max_tokens": 8}
 
@@ -93,11 +94,11 @@ def test_init_accepts_remote_options_and_rejects_typos_and_bad_steering(sm):
     ChatSteer(runtime=sm, api_key="x", max_retries=2, timeout=5, temperature=0.5, stop=["a"])
     with pytest.raises(ValidationError, match="steerin"):
         ChatSteer(runtime=sm, steerin="json")
-    with pytest.raises(ValidationError, match="did you mean 'json'"):
+    with pytest.raises(SteeringSpecError, match="did you mean 'json'"):
         ChatSteer(runtime=sm, steering="jsno:4")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ExpressionError):
         ChatSteer(runtime=sm, steering="json:4 +")
-    with pytest.raises(ValidationError):
+    with pytest.raises(SteeringSpecError):
         ChatSteer(runtime=sm, steering=42)
 
 
@@ -196,15 +197,13 @@ async def test_async_paths_equal_sync_and_do_not_block_the_loop(chat, vec, monke
     pieces = [c.content async for c in chat.astream("tell me", steering=vec)]
     assert "".join(pieces) == ref.content
     sm = chat.steered_model()
-    slow = sm._generate_rows
 
-    def sleepy(*args, **kwargs):
+    def sleepy(rows: int) -> None:
         time.sleep(0.3)  # a blocking generate; the event loop must keep running meanwhile
-        slept.append(1)
-        return slow(*args, **kwargs)
+        slept.append(rows)
 
     slept: list[int] = []
-    monkeypatch.setattr(sm, "_generate_rows", sleepy)
+    remove = sm.engine.observe(sleepy)
     ticks = 0
 
     async def ticker():
@@ -217,15 +216,14 @@ async def test_async_paths_equal_sync_and_do_not_block_the_loop(chat, vec, monke
     await chat.ainvoke("tell me")
     await chat.abatch(["a", "b"])
     task.cancel()
-    assert len(slept) == 2 and ticks >= 20
+    remove()
+    assert slept == [1, 2] and ticks >= 20  # the abatch rows generated together
 
 
-def test_cache_never_mixes_steered_and_unsteered(sm, vec, monkeypatch):
+def test_cache_never_mixes_steered_and_unsteered(sm, vec, monkeypatch, request):
     calls = []
-    real = sm.generate_batch_detailed
-    monkeypatch.setattr(
-        sm, "generate_batch_detailed", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
+    remove = sm.engine.observe(lambda rows: calls.append(rows))
+    request.addfinalizer(remove)
     chat = ChatSteer(runtime=sm, cache=InMemoryCache(), **GEN)
     twin = SteeringVector({1: -vec.directions[1], 2: -vec.directions[2]})  # same repr
     assert repr(twin) == repr(vec) and twin.digest() != vec.digest()
@@ -337,13 +335,14 @@ class Person(BaseModel):
 
 
 def _fake_reply(monkeypatch, sm, text: str) -> list:
+    """The engine answers ``text`` to every request; returns the requests it got."""
     seen = []
 
-    def reply(prompts, steering, **kwargs):
-        seen.append((prompts, steering))
-        return [Generation(text, 5, 5, "stop", "json") for _ in prompts]
+    def reply(requests, **kwargs):
+        seen.extend(requests)
+        return [Generation(text, 5, 5, "stop", "json") for _ in requests]
 
-    monkeypatch.setattr(sm, "generate_batch_detailed", reply)
+    monkeypatch.setattr(sm.engine, "generate", reply)
     return seen
 
 
@@ -351,18 +350,15 @@ def test_structured_output_steers_instructs_parses_and_validates(chat, sm, monke
     seen = _fake_reply(monkeypatch, sm, 'Sure! {"name": "Ada", "age": 36} hope it helps')
     person = chat.with_structured_output(Person).invoke("Ada is 36.")
     assert person == Person(name="Ada", age=36)
-    prompts, steering = seen[0]
-    assert (
-        prompts[0][0]["role"] == "system"
-        and '"age" (integer, required)' in prompts[0][0]["content"]
-    )
-    names = [t.name for s in steering[0] for t in s.terms]
+    prompt, steering = seen[0].prompt, seen[0].steering
+    assert prompt[0]["role"] == "system" and '"age" (integer, required)' in prompt[0]["content"]
+    names = [t.name for s in steering for t in s.terms]
     assert names == ["json"]
     as_dict = chat.with_structured_output(Person.model_json_schema(), method="json_mode")
     assert as_dict.invoke("Ada is 36.") == {"name": "Ada", "age": 36}
     both = chat.with_steering("concise").with_structured_output(Person, method="function_calling")
     both.invoke("x")
-    assert sorted(t.name for s in seen[-1][1][0] for t in s.terms) == ["concise", "json"]
+    assert sorted(t.name for s in seen[-1].steering for t in s.terms) == ["concise", "json"]
 
 
 def test_structured_output_errors_and_include_raw(chat, sm, monkeypatch):

@@ -53,17 +53,12 @@ def references(sm, settings, inputs):
 
 
 @pytest.fixture
-def calls(sm, monkeypatch):
+def calls(sm):
     """Batch sizes of every generate the engine runs (sync and async)."""
     sizes: list[int] = []
-    real = sm._generate_rows
-
-    def counting(encoded, *args, **kwargs):
-        sizes.append(len(encoded))
-        return real(encoded, *args, **kwargs)
-
-    monkeypatch.setattr(sm, "_generate_rows", counting)
-    return sizes
+    remove = sm.engine.observe(sizes.append)
+    yield sizes
+    remove()
 
 
 @pytest.fixture
@@ -181,44 +176,44 @@ def test_cached_rows_skip_the_batch(sm, settings, inputs, calls):
     ]
 
 
-def test_batch_generates_on_the_one_generation_thread(sm, knob, settings, inputs, monkeypatch):
+def test_batch_generates_on_the_one_generation_thread(sm, knob, settings, inputs):
     """torch on CPU keeps one OpenMP team per thread and a second team slows both: whichever
     thread calls batch, the generate runs on actsteer's generation thread."""
     threads: list[str] = []
-    real = sm._generate_rows
-
-    def recording(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sm, "_generate_rows", recording)
-    knob.batch(inputs[:4], _configs(settings, 4))
-    t = threading.Thread(target=knob.batch, args=(inputs[:4], _configs(settings, 4)))
-    t.start()
-    t.join(60)
+    remove = sm.engine.observe(lambda rows: threads.append(threading.current_thread().name))
+    try:
+        knob.batch(inputs[:4], _configs(settings, 4))
+        t = threading.Thread(target=knob.batch, args=(inputs[:4], _configs(settings, 4)))
+        t.start()
+        t.join(60)
+    finally:
+        remove()
     assert threads == ["actsteer-generate"] * 2
 
 
-def test_a_failing_generate_fails_every_row(sm, knob, settings, inputs, monkeypatch):
-    def broken(*args, **kwargs):
+def test_a_failing_generate_fails_every_row(sm, knob, settings, inputs):
+    def broken(rows: int) -> None:
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(sm, "generate_batch_detailed", broken)
-    out = knob.batch(inputs[:4], _configs(settings, 4), return_exceptions=True)
-    assert [str(e) for e in out] == ["device lost"] * 4
-    with pytest.raises(RuntimeError, match="device lost"):
-        knob.batch(inputs[:4], _configs(settings, 4))
+    remove = sm.engine.observe(broken)
+    try:
+        out = knob.batch(inputs[:4], _configs(settings, 4), return_exceptions=True)
+        assert [str(e) for e in out] == ["device lost"] * 4
+        with pytest.raises(RuntimeError, match="device lost"):
+            knob.batch(inputs[:4], _configs(settings, 4))
+    finally:
+        remove()
 
 
 class Interrupt(BaseException):
     """Stands in for KeyboardInterrupt arriving while the batch generates."""
 
 
-def test_an_interrupted_batch_releases_every_row(sm, knob, settings, inputs, monkeypatch):
-    def interrupted(*args, **kwargs):
+def test_an_interrupted_batch_releases_every_row(sm, knob, settings, inputs):
+    def interrupted(rows: int) -> None:
         raise Interrupt
 
-    monkeypatch.setattr(sm, "generate_batch_detailed", interrupted)
+    remove = sm.engine.observe(interrupted)
     outcome: list[BaseException] = []
 
     def run() -> None:
@@ -232,5 +227,5 @@ def test_an_interrupted_batch_releases_every_row(sm, knob, settings, inputs, mon
     t.join(60)
     assert not t.is_alive(), "the batch hung after an interrupt"
     assert len(outcome) == 1 and isinstance(outcome[0], Interrupt)
-    monkeypatch.undo()
+    remove()
     assert len(knob.batch(inputs[:2], _configs(settings, 2))) == 2  # the model still works

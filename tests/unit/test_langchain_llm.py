@@ -33,16 +33,12 @@ def vec(sm):
 
 
 @pytest.fixture
-def sizes(sm, monkeypatch):
+def sizes(sm):
+    """Row counts of every batched generate the engine runs."""
     seen: list[int] = []
-    real = sm.generate_batch_detailed
-
-    def counting(prompts, *args, **kwargs):
-        seen.append(len(prompts))
-        return real(prompts, *args, **kwargs)
-
-    monkeypatch.setattr(sm, "generate_batch_detailed", counting)
-    return seen
+    remove = sm.engine.observe(seen.append)
+    yield seen
+    remove()
 
 
 class Tokens(BaseCallbackHandler):

@@ -9,7 +9,6 @@ import asyncio
 import pytest
 from conftest import build_tiny, random_vector
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole
-from pydantic import ValidationError
 
 from actsteer import SteeredModel, Steering, SteeringSpecError
 from llamaindex_steer import SteerLLM
@@ -239,9 +238,9 @@ def test_bad_options_fail_clearly(llm, sm):
         llm.complete(PROMPT, steerng="dogs")
     with pytest.raises(SteeringSpecError, match="unknown preset"):
         llm.complete(PROMPT, steering="no-such-preset")
-    with pytest.raises(ValidationError):
+    with pytest.raises(SteeringSpecError):
         SteerLLM(runtime=sm, steering=42)
-    with pytest.raises(ValidationError):
+    with pytest.raises(SteeringSpecError):
         SteerLLM(runtime=sm, steering_positions="middle")
     with pytest.raises(ValueError, match="positions"):
         llm.with_steering(None, positions="middle")

@@ -17,6 +17,7 @@ from actsteer import (
     ModelFingerprint,
     ModelMismatchError,
     NonFiniteError,
+    OptionsError,
     SteeredModel,
     Steering,
     SteeringSpecError,
@@ -131,7 +132,7 @@ def test_native_and_gguf_round_trips_are_exact(tmp_path):
     g = SteeringVector.from_gguf(tmp_path / "v.gguf")
     assert g.layers == v.layers
     assert all(torch.equal(g.directions[i], v.directions[i]) for i in v.layers)
-    assert g.meta.extra["model_hint"] == "llamaforcausallm"
+    assert g.meta.extra["model_hint"] == "llama"  # as cvector-generator writes
 
 
 def test_gguf_export_leaves_out_layer_zero_for_llama_cpp(tmp_path):
@@ -191,7 +192,7 @@ def test_model_checks_on_apply(sm):
     assert isinstance(sm.generate("hi", Steering(foreign, force=True), max_new_tokens=2), str)
     with pytest.raises(CoefficientError, match="too large"):
         sm.generate("hi", Steering(ok, 1e6))
-    with pytest.raises(SteeringSpecError, match="max_new_tokens"):
+    with pytest.raises(OptionsError, match="max_new_tokens"):
         sm.generate("hi", max_new_tokens=0)
     with pytest.raises(SteeringSpecError, match="2 steering specs for 3 prompts"):
         sm.generate_batch(["a", "b", "c"], [None, None])

@@ -37,40 +37,55 @@ def references(sm, settings):
 
 
 @pytest.fixture
-def gate(sm, monkeypatch):
+def gate(sm):
     """Holds the first generate until released, so that later calls queue up behind it; records
-    each generate's row count and thread."""
+    each generate's row count and thread, and its results (``engine.observe``)."""
     release = threading.Event()
+    release.holding = threading.Event()  # type: ignore[attr-defined]
     runs: list[tuple[int, str]] = []
-    real = sm._generate_rows
-
-    def gated(encoded, *args, **kwargs):
-        if not runs:
-            release.wait(30)
-        runs.append((len(encoded), threading.current_thread().name))
-        out = real(encoded, *args, **kwargs)
-        results.append(out)
-        return out
-
     results: list = []
-    monkeypatch.setattr(sm, "_generate_rows", gated)
-    return release, runs, results
+
+    def before(rows: int) -> None:
+        first = not runs
+        runs.append((rows, threading.current_thread().name))
+        if first:
+            release.holding.set()  # type: ignore[attr-defined]
+            release.wait(30)
+
+    remove = sm.engine.observe(before, results.append)
+    yield release, runs, results
+    release.set()
+    remove()
 
 
-async def _until_queued() -> None:
-    await asyncio.sleep(0.2)  # lets every task reach the queue
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Block until ``condition()`` holds (polling), failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.002)
+
+
+async def _held(release) -> None:
+    """Until the first generate is running and held by the gate."""
+    await asyncio.to_thread(release.holding.wait, 30)
+
+
+async def _queued(n: int) -> None:
+    """Until ``n`` calls wait for the generation thread."""
+    await asyncio.to_thread(wait_until, lambda: worker.waiting() >= n)
 
 
 async def test_waiting_calls_merge_into_one_generate(sm, settings, references, gate):
     release, runs, _ = gate
     first = asyncio.create_task(sm.agenerate(PROMPTS[0], settings[0], **GEN))
-    await asyncio.sleep(0.1)
+    await _held(release)
     rest = [
         asyncio.create_task(sm.agenerate(p, settings[i % 4], **GEN))
         for i, p in enumerate(PROMPTS)
         if i
     ]
-    await _until_queued()
+    await _queued(5)
     release.set()
     outs = [await first] + [await t for t in rest]
     assert outs == references
@@ -81,10 +96,10 @@ async def test_waiting_calls_merge_into_one_generate(sm, settings, references, g
 async def test_other_options_do_not_merge(sm, settings, references, gate):
     release, runs, _ = gate
     first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
-    await asyncio.sleep(0.1)
+    await _held(release)
     same = [asyncio.create_task(sm.agenerate(PROMPTS[i], settings[i], **GEN)) for i in (1, 2)]
     longer = asyncio.create_task(sm.agenerate(PROMPTS[3], settings[3], max_new_tokens=12))
-    await _until_queued()
+    await _queued(3)
     release.set()
     assert [await first] + [await t for t in same] == references[:3]
     longer_text = await longer
@@ -95,11 +110,11 @@ async def test_other_options_do_not_merge(sm, settings, references, gate):
 async def test_a_bad_call_fails_alone(sm, settings, references, gate):
     release, runs, _ = gate
     first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
-    await asyncio.sleep(0.1)
+    await _held(release)
     wrong = SteeringVector({1: [1.0, 2.0, 3.0]})  # not the model's hidden size
     bad = asyncio.create_task(sm.agenerate(PROMPTS[1], wrong, **GEN))
     good = asyncio.create_task(sm.agenerate(PROMPTS[2], settings[2], **GEN))
-    await _until_queued()
+    await _queued(2)
     release.set()
     assert await first == references[0]
     with pytest.raises(VectorShapeError):
@@ -111,10 +126,10 @@ async def test_a_bad_call_fails_alone(sm, settings, references, gate):
 async def test_cancelling_one_call_keeps_the_others(sm, settings, references, gate):
     release, runs, _ = gate
     first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
-    await asyncio.sleep(0.1)
+    await _held(release)
     queued = asyncio.create_task(sm.agenerate(PROMPTS[1], settings[1], **GEN))
     kept = asyncio.create_task(sm.agenerate(PROMPTS[2], settings[2], **GEN))
-    await _until_queued()
+    await _queued(2)
     queued.cancel()  # cancelled while queued: never generated
     release.set()
     with pytest.raises(asyncio.CancelledError):
@@ -126,16 +141,16 @@ async def test_cancelling_one_call_keeps_the_others(sm, settings, references, ga
 async def test_cancelling_a_running_merged_row_stops_only_it(sm, settings, gate):
     release, runs, results = gate
     first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
-    await asyncio.sleep(0.1)
+    await _held(release)
     opts = {"max_new_tokens": 400}
     long = asyncio.create_task(sm.agenerate_detailed(PROMPTS[0], **opts))
     kept = asyncio.create_task(sm.agenerate_detailed(PROMPTS[1], settings[1], **opts))
-    await _until_queued()
+    await _queued(2)
     release.set()
     await first
     slow = sm.layers[0].register_forward_hook(lambda *a: time.sleep(0.005))  # 400 steps: 2 s
     try:
-        await asyncio.sleep(0.3)  # the merged generate of long + kept is running
+        await asyncio.to_thread(wait_until, lambda: len(runs) == 2)  # long + kept generating
         long.cancel()
         with pytest.raises(asyncio.CancelledError):
             await long
@@ -152,9 +167,9 @@ async def test_merging_respects_the_row_cap(sm, references, gate, monkeypatch):
     monkeypatch.setattr(worker, "MAX_MERGED_ROWS", 2)
     release, runs, _ = gate
     first = asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN))
-    await asyncio.sleep(0.1)
+    await _held(release)
     rest = [asyncio.create_task(sm.agenerate(PROMPTS[0], **GEN)) for _ in range(5)]
-    await _until_queued()
+    await _queued(5)
     release.set()
     assert [await first] + [await t for t in rest] == [references[0]] * 6
     assert [n for n, _ in runs] == [1, 2, 2, 1]
@@ -169,10 +184,10 @@ def test_threads_calling_together_merge_too(sm, settings, references, gate):
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(PROMPTS))]
     threads[0].start()
-    time.sleep(0.1)  # the first call holds the worker; the rest queue behind it
+    release.holding.wait(30)  # the first call holds the worker; the rest queue behind it
     for t in threads[1:]:
         t.start()
-    time.sleep(0.3)
+    wait_until(lambda: worker.waiting() >= len(PROMPTS) - 1)
     release.set()
     for t in threads:
         t.join(60)
@@ -184,7 +199,7 @@ def test_streams_merge_and_each_gets_its_own_tokens(sm, settings, references, ga
     release, runs, _ = gate
     first = threading.Thread(target=sm.generate, args=(PROMPTS[0],), kwargs=GEN)
     first.start()
-    time.sleep(0.1)
+    release.holding.wait(30)
     streams = [sm.stream(PROMPTS[i], settings[i], **GEN) for i in (1, 2)]
     texts: dict[int, str] = {}
     readers = [
@@ -197,7 +212,7 @@ def test_streams_merge_and_each_gets_its_own_tokens(sm, settings, references, ga
         target=lambda: texts.__setitem__(3, sm.generate(PROMPTS[3], settings[3], **GEN))
     )
     plain.start()
-    time.sleep(0.3)
+    wait_until(lambda: worker.waiting() >= 3)
     release.set()
     for t in (first, *readers, plain):
         t.join(60)
@@ -205,16 +220,18 @@ def test_streams_merge_and_each_gets_its_own_tokens(sm, settings, references, ga
     assert [n for n, _ in runs] == [1, 3]
 
 
-def test_a_failed_merged_generate_reaches_every_caller(sm, settings, monkeypatch):
-    def broken(*args, **kwargs):
+def test_a_failed_merged_generate_reaches_every_caller(sm, settings):
+    def broken(rows: int) -> None:
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(sm, "_generate_rows", broken)
-    with pytest.raises(RuntimeError, match="device lost"):
-        sm.generate(PROMPTS[0], **GEN)
-    with pytest.raises(RuntimeError, match="device lost"):
-        list(sm.stream(PROMPTS[1], settings[1], **GEN))
-    monkeypatch.undo()
+    remove = sm.engine.observe(broken)
+    try:
+        with pytest.raises(RuntimeError, match="device lost"):
+            sm.generate(PROMPTS[0], **GEN)
+        with pytest.raises(RuntimeError, match="device lost"):
+            list(sm.stream(PROMPTS[1], settings[1], **GEN))
+    finally:
+        remove()
     assert sm.generate(PROMPTS[0], **GEN)  # the worker lives on
 
 
@@ -231,36 +248,49 @@ def test_reading_activations_and_extraction_run_on_the_worker(sm):
     assert seen and set(seen) == {"actsteer-generate"}
 
 
-def _hold_worker(sm, monkeypatch):
-    """Block the worker inside its next generate until the returned event is set."""
-    release = threading.Event()
-    real = sm._generate_rows
-    sizes: list[int] = []
+@pytest.fixture
+def hold(sm):
+    """``hold()`` blocks the worker inside its next generate until the returned event is set;
+    ``event.sizes`` records the row count of every generate meanwhile."""
+    removers = []
+    events = []
 
-    def gated(encoded, *args, **kwargs):
-        sizes.append(len(encoded))
-        if len(sizes) == 1:
-            release.wait(30)
-        return real(encoded, *args, **kwargs)
+    def start() -> threading.Event:
+        release = threading.Event()
+        holding = threading.Event()
+        sizes: list[int] = []
 
-    monkeypatch.setattr(sm, "_generate_rows", gated)
-    threading.Thread(target=sm.generate, args=(PROMPTS[0],), kwargs=GEN, daemon=True).start()
-    time.sleep(0.1)
-    release.sizes = sizes  # type: ignore[attr-defined]
-    return release
+        def before(rows: int) -> None:
+            sizes.append(rows)
+            if len(sizes) == 1:
+                holding.set()
+                release.wait(30)
+
+        removers.append(sm.engine.observe(before))
+        events.append(release)
+        threading.Thread(target=sm.generate, args=(PROMPTS[0],), kwargs=GEN, daemon=True).start()
+        holding.wait(30)
+        release.sizes = sizes  # type: ignore[attr-defined]
+        return release
+
+    yield start
+    for release in events:
+        release.set()
+    for remove in removers:
+        remove()
 
 
 def _queue_then_release(threads: list[threading.Thread], release: threading.Event) -> None:
     """Start calls while the worker is held, so they queue together; then let them run."""
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    wait_until(lambda: worker.waiting() >= len(threads))
     release.set()
     for t in threads:
         t.join(60)
 
 
-def test_merged_rows_end_where_they_would_alone(sm, settings, monkeypatch):
+def test_merged_rows_end_where_they_would_alone(sm, settings, hold):
     """A row that ends early (stop string, EOS, cancel) inside a longer merged batch reports the
     same text, token count and finish reason as alone, and its stream ends with it."""
     long = {"max_new_tokens": 24}
@@ -268,7 +298,7 @@ def test_merged_rows_end_where_they_would_alone(sm, settings, monkeypatch):
     stop = alone_text[3:5]
     alone = sm.generate_detailed(PROMPTS[1], settings[1], stop=[stop], **long)
     assert alone.finish_reason == "stop" and alone.completion_tokens < 24
-    release = _hold_worker(sm, monkeypatch)
+    release = hold()
     results: dict[str, object] = {}
     finished: list = []
 
@@ -305,8 +335,8 @@ def test_a_preset_cancel_event_is_read_not_raised_and_never_set(sm):
     assert not own.is_set()  # actsteer never sets the caller's event
 
 
-def test_a_queued_stream_cancels_at_once(sm, monkeypatch):
-    release = _hold_worker(sm, monkeypatch)
+def test_a_queued_stream_cancels_at_once(sm, hold):
+    release = hold()
     try:
         event = threading.Event()
         pieces: list[str] = []
@@ -314,7 +344,7 @@ def test_a_queued_stream_cancels_at_once(sm, monkeypatch):
             target=lambda: pieces.extend(sm.stream(PROMPTS[1], cancel=event, **GEN))
         )
         reader.start()
-        time.sleep(0.2)
+        wait_until(lambda: worker.waiting() >= 1)  # queued behind the held generate
         event.set()
         reader.join(5)
         assert not reader.is_alive(), "a cancelled queued stream waited for the worker"
@@ -327,28 +357,25 @@ class Fatal(BaseException):
     """Not an Exception: must not kill the worker thread."""
 
 
-def test_the_worker_survives_fatal_errors_and_retries_failed_merges(sm, settings, monkeypatch):
-    real = sm._generate_rows
-
-    def fatal(*args, **kwargs):
+def test_the_worker_survives_fatal_errors_and_retries_failed_merges(sm, settings, hold):
+    def fatal(rows: int) -> None:
         raise Fatal
 
-    monkeypatch.setattr(sm, "_generate_rows", fatal)
+    remove = sm.engine.observe(fatal)
     with pytest.raises(Fatal):
         sm.generate(PROMPTS[0], **GEN)
-    monkeypatch.setattr(sm, "_generate_rows", real)
+    remove()
     assert sm.generate(PROMPTS[0], **GEN)  # the same worker serves on
 
     sizes: list[int] = []
 
-    def no_merges(encoded, *args, **kwargs):  # e.g. the padded batch does not fit in memory
-        sizes.append(len(encoded))
-        if len(encoded) > 1:
+    def no_merges(rows: int) -> None:  # e.g. the padded batch does not fit in memory
+        sizes.append(rows)
+        if rows > 1:
             raise RuntimeError("out of memory")
-        return real(encoded, *args, **kwargs)
 
-    release = _hold_worker(sm, monkeypatch)
-    monkeypatch.setattr(sm, "_generate_rows", no_merges)
+    release = hold()
+    remove = sm.engine.observe(no_merges)
     outs: dict[int, str] = {}
     threads = [
         threading.Thread(
@@ -357,6 +384,6 @@ def test_the_worker_survives_fatal_errors_and_retries_failed_merges(sm, settings
         for i in (1, 2)
     ]
     _queue_then_release(threads, release)
-    monkeypatch.undo()
+    remove()
     assert outs == {i: sm.generate(PROMPTS[i], settings[i], **GEN) for i in (1, 2)}
-    assert sizes == [2, 1, 1]
+    assert sizes == [2, 1, 1]  # the failed merge, then each row alone

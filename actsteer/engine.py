@@ -1,0 +1,148 @@
+"""The engine interface: the one thing the LangChain and LlamaIndex adapters talk to.
+
+A ``Request`` is a prompt, its steering (resolved once, by ``Engine.resolve``) and a frozen
+``GenerationOptions``. An engine generates lists of requests (requests with equal options may
+share one batched forward; each row is still steered only by its own request), streams one
+request as text pieces ending with its final ``Generation``, and does both without blocking an
+event loop. ``actsteer.local.LocalEngine`` is the in-process implementation (a hooked Hugging
+Face model and actsteer's generation thread); a server backend implements the same protocol.
+
+The path of a call, e.g. ``ChatSteer.invoke(..., steering="json:4")``:
+
+1. the adapter (``langchain_steer`` / ``llamaindex_steer``) renders the messages and builds a
+   ``Request``: ``engine.resolve`` parses the expression (once, memoised) into ``Steering``;
+2. ``LocalEngine.generate`` / ``submit`` encodes each row, compiles its steering into per-layer
+   tensors (``combine.compile_row``) and hands a ``worker.Job`` to the generation thread;
+3. ``worker`` merges jobs that wait together with equal options and runs them as one call;
+4. ``LocalEngine`` pads the rows, builds one hook plan (``combine.plan``) and runs Hugging
+   Face ``generate`` with it active (``hooks.activate``);
+5. ``hooks`` add each row's deltas at the steered layers and positions; rows are cut where
+   they ended and returned as ``Generation`` values (streams get tokens step by step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import OptionsError
+from .generation import Generation
+from .prompts import Prompt
+from .spec import Steering, SteeringLike, steering_info
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate: validated once, hashable, so requests with equal options can merge."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    """0 is greedy (deterministic); above 0 samples."""
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Stop strings (multi-token allowed); the text is cut before the first one."""
+    seed: int | None = None
+    """Sampling seed: the same seed gives the same text, also inside a batch."""
+
+    def __post_init__(self) -> None:
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise OptionsError(f"max_new_tokens must be a positive int, got {n!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not (isinstance(t, int | float) and 0.0 <= t < math.inf):
+            raise OptionsError(f"temperature must be a finite number >= 0, got {t!r}")
+        p = self.top_p
+        if isinstance(p, bool) or not (isinstance(p, int | float) and 0.0 < p <= 1.0):
+            raise OptionsError(f"top_p must be in (0, 1], got {p!r}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise OptionsError(f"seed must be an int or None, got {seed!r}")
+        stop = self.stop
+        if stop is None:
+            stop = ()
+        elif isinstance(stop, str):
+            stop = (stop,)
+        if not all(isinstance(s, str) for s in stop):
+            raise OptionsError(f"stop must be a string or a list of strings, got {stop!r}")
+        object.__setattr__(self, "stop", tuple(s for s in stop if s))
+        object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "top_p", float(p))
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One generation request: the prompt, its resolved steering and the options."""
+
+    prompt: Prompt
+    steering: tuple[Steering, ...] = ()
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+
+    def info(self) -> dict[str, Any]:
+        """What steers this request, for response metadata and traces."""
+        return steering_info(self.steering)
+
+    def key(self) -> tuple[Any, ...]:
+        """Content identity: requests with equal keys generate the same output (prompt,
+        steering by vector digests and settings, options)."""
+        steering = tuple(
+            json.dumps(
+                {**steering_info([s]), "relative": s.relative, "force": s.force, "at": s.layers},
+                sort_keys=True,
+                default=list,
+            )
+            for s in self.steering
+        )
+        return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What an adapter needs from a backend."""
+
+    @property
+    def model_name(self) -> str:
+        """The served model's name."""
+        ...
+
+    def resolve(
+        self, steering: SteeringLike, *, coeff: float | None = None, positions: str | None = None
+    ) -> tuple[Steering, ...]:
+        """Any accepted steering form as ``Steering`` values for this engine's model."""
+        ...
+
+    def generate(
+        self, requests: Sequence[Request], *, cancel: threading.Event | None = None
+    ) -> list[Generation]:
+        """One ``Generation`` per request; blocks until all are done."""
+        ...
+
+    def submit(self, requests: Sequence[Request]) -> list[Future]:
+        """Start ``requests`` together and return one future per request (each resolves to
+        its ``Generation``); cancelling a future stops its row."""
+        ...
+
+    async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:
+        """``generate`` without blocking the event loop; cancelling the task stops the rows."""
+        ...
+
+    def stream(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = 600.0,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str | Generation]:
+        """Text pieces (joining to exactly ``generate``'s text), then the final
+        ``Generation``; abandoning the iterator stops the row."""
+        ...
+
+    def astream(
+        self, request: Request, *, timeout: float | None = 600.0
+    ) -> AsyncIterator[str | Generation]:
+        """``stream`` for asyncio."""
+        ...

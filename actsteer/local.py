@@ -1,0 +1,391 @@
+"""LocalEngine: the in-process ``Engine``. Requests become rows (token ids and compiled
+steering), rows become ``worker.Job`` values, and the generation thread runs each merged group
+as one left-padded Hugging Face ``generate`` with the rows' hook plan active."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+from . import combine, hooks, resolve, worker
+from .engine import GenerationOptions, Request
+from .errors import GenerationError, SteeringSpecError
+from .generation import (
+    CallCancel,
+    Generation,
+    RowStops,
+    RowStreamer,
+    SeededSampler,
+    TokenQueue,
+    cut_at_stop,
+    safe_length,
+)
+from .spec import Steering, SteeringLike
+
+if TYPE_CHECKING:
+    from .model import SteeredModel
+
+#: How often a stream consumer checks for cancellation and timeouts while no token arrives.
+_POLL_S = 0.05
+
+
+@dataclass(eq=False)
+class _Rows:
+    """One job's payload: its requests, and once prepared their token ids and steering."""
+
+    requests: Sequence[Request]
+    index: Sequence[int] = ()
+    """Where each request stands in the call that made this job."""
+    encoded: list[list[int]] | None = None
+    compiled: list[combine.Compiled] | None = None
+    stream: TokenQueue | None = None
+
+
+class LocalEngine:
+    """The ``Engine`` for a ``SteeredModel`` in this process (``SteeredModel.engine``)."""
+
+    def __init__(self, sm: SteeredModel) -> None:
+        self.sm = sm
+        self._observers: list[tuple[Callable[[int], None] | None, Callable | None]] = []
+
+    @property
+    def model_name(self) -> str:
+        return self.sm.fingerprint.name
+
+    def resolve(
+        self, steering: SteeringLike, *, coeff: float | None = None, positions: str | None = None
+    ) -> tuple[Steering, ...]:
+        return resolve.resolve(self.sm, steering, coeff=coeff, positions=positions)
+
+    def observe(
+        self,
+        before: Callable[[int], None] | None = None,
+        after: Callable[[list[Generation]], None] | None = None,
+    ) -> Callable[[], None]:
+        """Watch every batched generate, on the generation thread: ``before(rows)`` as it
+        starts, ``after(generations)`` when it ends (batch-size metrics; tests use it to hold
+        the thread and to inject failures: an exception in ``before`` fails that generate).
+        Returns a function that removes the observer."""
+        entry = (before, after)
+        self._observers.append(entry)
+        return lambda: self._observers.remove(entry)
+
+    # -- the Engine protocol ----------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[Request], *, cancel: threading.Event | None = None
+    ) -> list[Generation]:
+        jobs = self._jobs(requests, CallCancel(cancel), prepare_here=True)
+        if worker.here():
+            return _in_order(jobs, [self._run([job])[0] for job in jobs])
+        futures = worker.submit(*jobs)
+        try:
+            return _in_order(jobs, [f.result() for f in futures])
+        except BaseException:
+            for job in jobs:  # interrupted (or failed): stop the rest, drop what is queued
+                job.cancel.set()
+                job.future.cancel()
+            raise
+
+    def submit(self, requests: Sequence[Request]) -> list[Future]:
+        jobs = [self._jobs([r], CallCancel(), prepare_here=True)[0] for r in _checked(requests)]
+        worker.submit(*jobs)
+        return [_single(job) for job in jobs]
+
+    async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:
+        # encoding and compiling run on the worker: presets may read or extract vectors
+        jobs = self._jobs(requests, CallCancel(), prepare_here=False)
+        futures = worker.submit(*jobs)
+        try:
+            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except BaseException:
+            for job in jobs:
+                job.cancel.set()
+                job.future.cancel()
+            raise
+        return _in_order(jobs, results)
+
+    def stream(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = 600.0,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str | Generation]:
+        if worker.here():
+            raise GenerationError("stream() cannot be called from actsteer's generation thread")
+        job = self._jobs([request], CallCancel(cancel), prepare_here=True)[0]
+        job.payload.stream = TokenQueue()
+        job.retry_alone = False
+        return self._stream(job, timeout)
+
+    async def astream(
+        self, request: Request, *, timeout: float | None = 600.0
+    ) -> AsyncIterator[str | Generation]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        done = object()
+
+        def pump() -> None:
+            try:
+                for item in self.stream(request, timeout=timeout, cancel=cancel):
+                    loop.call_soon_threadsafe(items.put_nowait, item)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(items.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(items.put_nowait, done)
+
+        task = loop.run_in_executor(None, contextvars.copy_context().run, pump)
+        try:
+            while True:
+                item = await items.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            await asyncio.shield(task)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def _jobs(
+        self, requests: Sequence[Request], cancel: CallCancel, *, prepare_here: bool
+    ) -> list[worker.Job]:
+        """One job per distinct options (requests in a job share one generate); prepared now
+        (a bad prompt or steering fails in the caller's thread) or on the worker."""
+        groups: dict[GenerationOptions, list[int]] = {}
+        for i, r in enumerate(_checked(requests)):
+            groups.setdefault(r.options, []).append(i)
+        jobs = []
+        for options, index in groups.items():
+            job = worker.Job(
+                key=(id(self), options),
+                rows=len(index),
+                run=self._run,
+                payload=_Rows([requests[i] for i in index], index),
+                prepare=None if prepare_here else self._prepare,
+                cancel=cancel,
+            )
+            if prepare_here:
+                self._prepare(job)
+            jobs.append(job)
+        return jobs
+
+    def _prepare(self, job: worker.Job) -> None:
+        rows: _Rows = job.payload
+        rows.encoded = [self.sm.encode(r.prompt) for r in rows.requests]
+        norms = self.sm.activation_norms() if any(r.steering for r in rows.requests) else {}
+        rows.compiled = [
+            combine.compile_row(r.steering, self.sm.fingerprint, norms) for r in rows.requests
+        ]
+
+    def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
+        """One generate for a merged group (on the worker); one list of rows per job."""
+        encoded: list[list[int]] = []
+        compiled: list[combine.Compiled] = []
+        cancels: list[CallCancel] = []
+        streams: list[tuple[int, TokenQueue]] = []
+        for job in group:
+            rows: _Rows = job.payload
+            if rows.stream is not None:
+                streams.append((len(encoded), rows.stream))
+            encoded += rows.encoded or []
+            compiled += rows.compiled or []
+            cancels += [job.cancel] * len(rows.requests)
+        options: GenerationOptions = group[0].payload.requests[0].options
+        try:
+            for before, _ in list(self._observers):
+                if before is not None:
+                    before(len(encoded))
+            gens = self._generate_rows(encoded, compiled, cancels, options, streams)
+            for _, after in list(self._observers):
+                if after is not None:
+                    after(gens)
+        finally:
+            for _, stream in streams:
+                stream.end()
+        out, start = [], 0
+        for job in group:
+            n = len(job.payload.requests)
+            out.append(gens[start : start + n])
+            start += n
+        return out
+
+    # -- generating (on the worker) ---------------------------------------------------------
+    def _generate_rows(
+        self,
+        encoded: list[list[int]],
+        compiled: list[combine.Compiled],
+        cancels: list[CallCancel],
+        options: GenerationOptions,
+        streams: Sequence[tuple[int, TokenQueue]] = (),
+    ) -> list[Generation]:
+        """One left-padded generate of prepared rows. Each row's result ends where the row
+        ended (EOS, stop string, cancel), however long the batch went on."""
+        sm = self.sm
+        ids, mask = sm._pad(encoded)
+        plan = combine.left_pad_plan(compiled, mask, sm._layer_devices, sm._layer_dtypes)
+        stops = RowStops(cancels, sm.eos_token_ids, options.stop, sm.tokenizer)
+        config = GenerationConfig(
+            max_new_tokens=options.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=sm.pad_token_id,
+            eos_token_id=list(sm.eos_token_ids) or None,
+        )
+        processors = LogitsProcessorList()
+        if options.temperature > 0:
+            processors.append(
+                SeededSampler(ids.shape[0], options.temperature, options.top_p, options.seed)
+            )
+        state = hooks.CallState(plan) if plan is not None else None
+        with torch.inference_mode(), hooks.activate(state):
+            out = sm.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stops]),
+                streamer=RowStreamer(streams, stops) if streams else None,
+            )
+        width = out.shape[1]
+        return [
+            self._finish(
+                len(tokens),
+                out[row, ids.shape[1] : stops.stopped_at.get(row, width)].tolist(),
+                options,
+                cancels[row],
+                compiled[row][1],
+            )
+            for row, tokens in enumerate(encoded)
+        ]
+
+    def _finish(
+        self,
+        prompt_tokens: int,
+        new: Sequence[int],
+        options: GenerationOptions,
+        cancel: CallCancel,
+        steering: str | None,
+    ) -> Generation:
+        eos = self.sm.eos_token_ids
+        kept = _until_eos(new, eos)
+        decoded = self.sm.tokenizer.decode(kept, skip_special_tokens=True)
+        text, hit = cut_at_stop(decoded, options.stop)
+        ended_on_eos = len(kept) < len(new) and new[len(kept)] in eos
+        if hit or ended_on_eos:
+            reason = "stop"
+        elif len(new) >= options.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "cancelled" if cancel.is_set() else "stop"
+        used = len(kept) + (1 if ended_on_eos else 0)
+        return Generation(text, prompt_tokens, used, reason, steering, tuple(new[:used]))
+
+    def _decode(self, new: Sequence[int]) -> str:
+        kept = _until_eos(new, self.sm.eos_token_ids)
+        return self.sm.tokenizer.decode(kept, skip_special_tokens=True)
+
+    # -- streaming (on the caller's thread) -------------------------------------------------
+    def _stream(self, job: worker.Job, timeout: float | None) -> Iterator[str | Generation]:
+        rows: _Rows = job.payload
+        options = rows.requests[0].options
+        stop = options.stop
+        tokens_in = rows.stream
+        assert tokens_in is not None and rows.encoded is not None and rows.compiled is not None
+        (future,) = worker.submit(job)
+        new: list[int] = []
+        sent = 0
+        hit = False
+        deadline: float | None = None
+        try:
+            while True:
+                try:
+                    item = tokens_in.queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if job.cancel.is_set() and (future.cancelled() or future.cancel()):
+                        break  # cancelled while still queued: it never starts
+                    if timeout is not None and (future.running() or future.done()):
+                        now = time.monotonic()  # queued time does not count
+                        deadline = deadline or now + timeout
+                        if now > deadline:
+                            raise GenerationError(f"no token arrived within {timeout} s") from None
+                    continue
+                deadline = None
+                if item is TokenQueue.END:
+                    break
+                new.extend(item)
+                text, hit = cut_at_stop(self._decode(new), stop)
+                upto = len(text) if hit else safe_length(text, stop)
+                if upto > sent:
+                    yield text[sent:upto]
+                    sent = upto
+                if hit:
+                    break
+            if not (hit or tokens_in.row_done or future.cancelled()):
+                future.result()  # the generate ended before this row did: re-raise a failure
+            text, _ = cut_at_stop(self._decode(new), stop)
+            if len(text) > sent:
+                yield text[sent:]
+            yield self._finish(len(rows.encoded[0]), new, options, job.cancel, rows.compiled[0][1])
+        finally:
+            job.cancel.set()  # an abandoned stream's row stops at the next step
+            future.cancel()  # ... or never starts
+
+
+def _checked(requests: Sequence[Request]) -> Sequence[Request]:
+    if isinstance(requests, Request) or not isinstance(requests, Sequence):
+        raise SteeringSpecError("an engine call takes a list of Request values")
+    bad = [type(r).__name__ for r in requests if not isinstance(r, Request)]
+    if bad:
+        raise SteeringSpecError(f"an engine call takes Request values, got {bad[0]}")
+    return requests
+
+
+def _in_order(jobs: Sequence[worker.Job], results: Sequence[list[Generation]]) -> list[Generation]:
+    """The jobs' rows back in the order of the requests that made them."""
+    out: dict[int, Generation] = {}
+    for job, rows in zip(jobs, results, strict=True):
+        out.update(zip(job.payload.index, rows, strict=True))
+    return [out[i] for i in range(len(out))]
+
+
+def _single(job: worker.Job) -> Future:
+    """A future for a one-row job's ``Generation``; cancelling it stops the row."""
+    outer: Future = Future()
+
+    def relay(inner: Future) -> None:
+        if inner.cancelled():
+            outer.cancel()
+        elif inner.exception() is not None:
+            if outer.set_running_or_notify_cancel():
+                outer.set_exception(inner.exception())
+        elif outer.set_running_or_notify_cancel():
+            outer.set_result(inner.result()[0])
+
+    def stop(f: Future) -> None:
+        if f.cancelled():
+            job.cancel.set()
+            job.future.cancel()
+
+    outer.add_done_callback(stop)
+    job.future.add_done_callback(relay)
+    return outer
+
+
+def _until_eos(new: Sequence[int], eos: Sequence[int]) -> list[int]:
+    for i, t in enumerate(new):
+        if t in eos:
+            return list(new[:i])
+    return list(new)

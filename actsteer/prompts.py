@@ -1,0 +1,60 @@
+"""Prompts as the model receives them: a raw completion string as is, chat messages through the
+tokenizer's chat template (generation prompt appended), and their token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .errors import SteeringSpecError
+
+Prompt = str | Sequence[Mapping[str, str]] | Sequence[tuple[str, str]]
+"""A raw completion string, or chat messages (``{"role", "content"}`` dicts or pairs)."""
+
+
+def render(tokenizer: Any, prompt: Prompt) -> str:
+    """The exact text sent to the model for ``prompt``."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = [_message(m) for m in prompt]
+    if not messages:
+        raise SteeringSpecError("an empty message list cannot be sent to the model")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return text + "assistant:"
+
+
+def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids of ``prompt``, exactly as a generate call sends them (special tokens only for
+    raw strings: a chat template writes its own)."""
+    ids = tokenizer(render(tokenizer, prompt), add_special_tokens=isinstance(prompt, str))
+    ids = list(ids["input_ids"])
+    if not ids:
+        raise SteeringSpecError("the prompt encodes to zero tokens")
+    return ids
+
+
+def left_pad(
+    encoded: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one left-padded batch: ``(input_ids, attention_mask)``."""
+    width = max(len(t) for t in encoded)
+    ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, width - len(tokens) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _message(m: object) -> dict[str, str]:
+    if isinstance(m, Mapping) and "role" in m and "content" in m:
+        return {"role": str(m["role"]), "content": str(m["content"])}
+    if isinstance(m, tuple) and len(m) == 2:
+        return {"role": str(m[0]), "content": str(m[1])}
+    raise SteeringSpecError(
+        f"a message must be {{'role', 'content'}} or (role, content), got {m!r}"
+    )

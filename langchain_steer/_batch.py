@@ -1,0 +1,207 @@
+"""How the rows of one ``batch``/``abatch`` reach the engine together.
+
+LangChain runs a batch as one ``invoke`` per input, each with its own config, callbacks, cache
+lookup and run id, and a chat model's ``generate`` loops over its inputs one by one. So before
+those invokes run, the batch builds every row's engine ``Request`` and submits them all at once
+(``Engine.submit``: the generation thread merges them into batched generates of equal options).
+The invokes then run as usual, in order, in this thread or task; each one's ``_generate`` takes
+its already running row (matched by prompt, steering and options) instead of starting its own.
+A row whose request cannot be built (bad per-row steering) is not submitted: its invoke raises
+the error itself. Rows no invoke took (a cache hit, a streaming callback) are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list
+from langchain_core.runnables.configurable import (
+    RunnableConfigurableAlternatives,
+    RunnableConfigurableFields,
+)
+
+from actsteer.engine import Request
+from actsteer.generation import Generation
+
+Row = tuple[Any, Any, RunnableConfig]
+"""One batch input: the actsteer model that runs it (``ChatSteer``/``SteerLLM``), the input
+and its config."""
+
+_RUNNING: contextvars.ContextVar[dict[Any, collections.deque[Future]] | None] = (
+    contextvars.ContextVar("langchain_steer_running", default=None)
+)
+
+
+def take(request: Request) -> Future | None:
+    """The running row of the current batch for this request, if there is one."""
+    running = _RUNNING.get()
+    if not running:
+        return None
+    queue = running.get(request.key())
+    return queue.popleft() if queue else None
+
+
+def generate(model: Any, requests: Sequence[Request]) -> list[Generation]:
+    """Generations for ``requests``: rows of the current batch are taken, the rest generate
+    together in one engine call."""
+    found = [take(r) for r in requests]
+    rest = [r for r, f in zip(requests, found, strict=True) if f is None]
+    fresh = iter(model.engine().generate(rest) if rest else [])
+    return [_wait(f) if f is not None else next(fresh) for f in found]
+
+
+async def agenerate(model: Any, requests: Sequence[Request]) -> list[Generation]:
+    """``generate`` without blocking the event loop."""
+    found = [take(r) for r in requests]
+    rest = [r for r, f in zip(requests, found, strict=True) if f is None]
+    fresh = iter(await model.engine().agenerate(rest) if rest else [])
+    out = []
+    for f in found:
+        out.append(await _await(f) if f is not None else next(fresh))
+    return out
+
+
+def _wait(future: Future) -> Generation:
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()  # interrupted: stop the row
+        raise
+
+
+async def _await(future: Future) -> Generation:
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+
+
+def _requests(rows: Sequence[Row], kwargs: dict[str, Any]) -> list[Request | None]:
+    """Each row's request as its invoke will build it; None where it cannot be built here."""
+    out: list[Request | None] = []
+    for model, value, _ in rows:
+        try:
+            out.append(model._batch_request(value, dict(kwargs)))
+        except Exception:  # the row's own invoke raises it, with its callbacks
+            out.append(None)
+    return out
+
+
+@contextlib.contextmanager
+def _submitted(rows: Sequence[Row], requests: Sequence[Request | None]) -> Iterator[None]:
+    """Submit the rows' requests (grouped by engine) and make them takeable inside the block;
+    rows nobody took are cancelled on the way out."""
+    by_engine: dict[int, tuple[Any, list[Request]]] = {}
+    for (model, _, _), request in zip(rows, requests, strict=True):
+        if request is not None:
+            engine = model.engine()
+            by_engine.setdefault(id(engine), (engine, []))[1].append(request)
+    running: dict[Any, collections.deque[Future]] = {}
+    futures: list[Future] = []
+    for engine, batch in by_engine.values():
+        for request, future in zip(batch, engine.submit(batch), strict=True):
+            running.setdefault(request.key(), collections.deque()).append(future)
+            futures.append(future)
+    token = _RUNNING.set(running)
+    try:
+        yield
+    finally:
+        _RUNNING.reset(token)
+        for future in futures:
+            future.cancel()  # a no-op for rows that were taken and finished
+
+
+def run(
+    rows: Sequence[Row], kwargs: dict[str, Any], *, chunk_size: int, return_exceptions: bool
+) -> list[Any]:
+    """Invoke every row, in order, with each chunk's rows generating together."""
+    out: list[Any] = []
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        requests = _requests(chunk, kwargs) if len(chunk) > 1 else [None]
+        with _submitted(chunk, requests):
+            for model, value, config in chunk:
+                try:
+                    out.append(model.invoke(value, config, **kwargs))
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    out.append(exc)
+    return out
+
+
+async def arun(
+    rows: Sequence[Row], kwargs: dict[str, Any], *, chunk_size: int, return_exceptions: bool
+) -> list[Any]:
+    """``run`` for ``abatch``: each chunk's invokes run as concurrent tasks."""
+    out: list[Any] = []
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        # building requests may load a model or a preset vector: keep it off the event loop
+        requests = await asyncio.to_thread(_requests, chunk, kwargs)
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda m=m, v=v, c=c: m.ainvoke(v, c, **kwargs) for m, v, c in chunk
+        ]
+        with _submitted(chunk, requests):
+            out.extend(
+                await asyncio.gather(*(c() for c in calls), return_exceptions=return_exceptions)
+            )
+    return out
+
+
+def rows_of(model: Any, inputs: list[Any], config: Any) -> tuple[list[Row], int]:
+    """A batch's rows for one model, and its chunk size (``max_concurrency``, else the
+    model's ``batch_size``)."""
+    configs = get_config_list(config, len(inputs))
+    size = configs[0].get("max_concurrency") or model.batch_size
+    return [(model, x, c) for x, c in zip(inputs, configs, strict=True)], size
+
+
+# -- configurable wrappers that keep per-row configs batched -------------------------------------
+def _prepared(dyn: Any, inputs: list[Any], config: Any) -> tuple[list[Row], int] | None:
+    """Per-config prepared models and the chunk size when all are actsteer adapters, else None."""
+    configs = get_config_list(config, len(inputs))
+    prepared = [dyn.prepare(c) for c in configs]
+    if not inputs or not all(hasattr(r, "_batch_request") for r, _ in prepared):
+        return None
+    size = configs[0].get("max_concurrency") or min(r.batch_size for r, _ in prepared)
+    return [(r, x, c) for (r, c), x in zip(prepared, inputs, strict=True)], size
+
+
+class _RowBatching:
+    """For LangChain's configurable wrappers: when every row resolves to an actsteer model,
+    ``batch``/``abatch`` generate each chunk's rows together, whatever their configuration."""
+
+    def batch(self, inputs, config=None, *, return_exceptions=False, **kwargs):  # type: ignore[override]
+        """Batch with per-row configuration, each chunk's rows generating together."""
+        found = _prepared(self, inputs, config)
+        if found is None:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        rows, size = found
+        return run(rows, kwargs, chunk_size=size, return_exceptions=return_exceptions)
+
+    async def abatch(self, inputs, config=None, *, return_exceptions=False, **kwargs):  # type: ignore[override]
+        """Async ``batch``, each chunk's rows generating together off the event loop."""
+        found = _prepared(self, inputs, config)
+        if found is None:
+            return await super().abatch(
+                inputs, config, return_exceptions=return_exceptions, **kwargs
+            )
+        rows, size = found
+        return await arun(rows, kwargs, chunk_size=size, return_exceptions=return_exceptions)
+
+
+class BatchedConfigurableFields(_RowBatching, RunnableConfigurableFields):
+    """``configurable_fields`` whose batch keeps differently configured rows in one generate."""
+
+
+class BatchedConfigurableAlternatives(_RowBatching, RunnableConfigurableAlternatives):
+    """``configurable_alternatives`` whose batch keeps rows of all alternatives in one generate."""
