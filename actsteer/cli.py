@@ -22,6 +22,7 @@ from .commands import (
     cmd_import,
     cmd_inspect,
     cmd_presets,
+    cmd_serve,
     cmd_sweep,
 )
 from .errors import ActsteerError
@@ -138,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-ppl-ratio", type=float, default=1.25)
 
     add("presets", cmd_presets, "list the built-in presets", model=False)
+
+    p = add(
+        "serve",
+        cmd_serve,
+        "serve a model with vLLM and per-request steering (needs actsteer[vllm]); "
+        "vLLM's own options go after --",
+    )
+    p.add_argument("--vectors", help="folder of .safetensors vectors requests may name (file:NAME)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
     return parser
 
 
@@ -150,7 +161,13 @@ def _check_expression(text: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # `actsteer serve [opts] -- [vLLM options]`
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    args.vllm_args = rest
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars show the long work; loading is quick

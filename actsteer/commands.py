@@ -343,3 +343,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Prepare the serve bundle from the Hugging Face model, then run vLLM's OpenAI server with
+    actsteer's plugin until interrupted; prints the URL once the server answers."""
+    import os
+    import subprocess
+    import urllib.request
+
+    from .default_model import cache_root, ensure_converted
+    from .vllm.bundle import write_bundle
+    from .vllm.served import BUNDLE_ENV
+
+    sm = _model(args)
+    name = sm.fingerprint.name
+    folder = args.model or str(ensure_converted(progress=False))
+    key = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-48:]
+    bundle = write_bundle(sm, cache_root() / "serve" / f"{key}.json", vectors=args.vectors)
+    del sm  # vLLM loads its own copy of the weights
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        folder,
+        "--served-model-name",
+        name,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        *args.vllm_args,
+    ]
+    env = dict(os.environ, **{BUNDLE_ENV: str(bundle)})
+    server = subprocess.Popen(command, env=env)
+    url = f"http://{args.host}:{args.port}"
+    try:
+        while server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        if server.poll() is None:
+            print(f"actsteer: serving {name} at {url}/v1", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(30)
+        return 130

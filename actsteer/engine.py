@@ -84,7 +84,11 @@ class Request:
 
     def info(self) -> dict[str, Any]:
         """What steers this request, for response metadata and traces."""
-        return steering_info(self.steering)
+        if all(isinstance(s, Steering) for s in self.steering):
+            return steering_info(self.steering)
+        infos = [s.info() for s in self.steering]  # another engine's steering values
+        expression = " + ".join(i["expression"] for i in infos if i["expression"])
+        return {"expression": expression or None, "terms": [t for i in infos for t in i["terms"]]}
 
     def key(self) -> tuple[Any, ...]:
         """Content identity: requests with equal keys generate the same output (prompt,
@@ -95,6 +99,8 @@ class Request:
                 sort_keys=True,
                 default=list,
             )
+            if isinstance(s, Steering)
+            else repr(s)
             for s in self.steering
         )
         return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options)

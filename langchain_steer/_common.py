@@ -12,12 +12,13 @@ from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from actsteer import Generation, SteeredModel, Steering, SteeringVector, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.prompts import Prompt
+from actsteer.remote import remote_engine
 from actsteer.spec import steering_info
 
 from ._batch import BatchedConfigurableAlternatives, BatchedConfigurableFields
@@ -33,8 +34,8 @@ OPTION_FIELDS = (
     "seed",
     "timeout",
 )
-#: Options of remote APIs, accepted at construction and ignored: the model runs in-process.
-IGNORED_INIT = ("api_key", "max_retries")
+#: Options of remote APIs, accepted at construction and ignored.
+IGNORED_INIT = ("max_retries",)
 
 
 def steering_key(value: Any) -> Any:
@@ -64,6 +65,11 @@ class SteerFields(BaseModel):
     """Passed to ``SteeredModel.from_pretrained`` (``dtype``, ``device_map``, ...)."""
     runtime: SteeredModel | None = Field(default=None, exclude=True)
     """A loaded ``SteeredModel`` to share; loaded lazily from ``model`` on first use otherwise."""
+    base_url: str | None = None
+    """An ``actsteer serve`` vLLM server (``http://host:8000/v1``): calls go there, with the
+    same steering fields and options; ``model`` is then the served model's name."""
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+    """The server's API key, if it wants one (``base_url`` only)."""
     steering: Any = None
     """Expression (``"json:4 + no-disclaimer"``), ``SteeringVector``, ``Steering`` or a list."""
     steering_coeff: float | None = None
@@ -119,7 +125,11 @@ class SteerFields(BaseModel):
         return self.runtime
 
     def engine(self) -> Engine:
-        """What this model's calls go to (``actsteer.engine.Engine``)."""
+        """What this model's calls go to (``actsteer.engine.Engine``): the in-process model, or
+        the server at ``base_url``."""
+        if self.base_url is not None:
+            key = self.api_key.get_secret_value() if self.api_key else "EMPTY"
+            return remote_engine(self.base_url, self.model_name, key)
         return self.steered_model().engine
 
     def with_steering(
@@ -228,7 +238,7 @@ class SteerFields(BaseModel):
         model = kw.pop("model", None)
         if model is not None and model != self.model_name:
             raise ValueError(
-                f"{type(self).__name__} serves {self.model_name!r} in-process and cannot switch "
+                f"{type(self).__name__} serves {self.model_name!r} and cannot switch "
                 f"to {model!r} per call; build another {type(self).__name__}(model={model!r})"
             )
         if "max_new_tokens" in kw:

@@ -42,7 +42,7 @@ from actsteer.prompts import Prompt
 
 from . import _batch
 from ._common import SteerFields, steering_key, usage
-from .messages import render_messages
+from .messages import plain_messages, render_messages
 
 
 class ChatSteer(SteerFields, BaseChatModel):
@@ -143,7 +143,14 @@ class ChatSteer(SteerFields, BaseChatModel):
 
     # -- generation ------------------------------------------------------------------------------
     def _prompt_of(self, value: Any) -> Prompt:
-        return render_messages(self.steered_model(), value.to_messages())
+        return self._messages(value.to_messages())
+
+    def _messages(self, messages: list[BaseMessage]) -> Prompt:
+        """Messages as the engine takes them: checked against the local chat template, or as
+        plain role/content dicts for a server (which applies its own template)."""
+        if self.base_url is not None:
+            return plain_messages(messages)
+        return render_messages(self.steered_model(), messages)
 
     def _cached(self, value: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> bool:
         cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
@@ -163,7 +170,7 @@ class ChatSteer(SteerFields, BaseChatModel):
     def _chat_request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict
     ) -> Request:
-        return self._request(render_messages(self.steered_model(), messages), stop, kwargs)
+        return self._request(self._messages(messages), stop, kwargs)
 
     def _result(self, g: Generation, request: Request) -> ChatResult:
         message = AIMessage(

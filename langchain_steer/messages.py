@@ -41,6 +41,13 @@ def render_messages(sm: SteeredModel, messages: Sequence[BaseMessage]) -> Prompt
         return portable
 
 
+def plain_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as role/content dicts, for a server that applies its own template."""
+    if not messages:
+        raise ValueError("ChatSteer needs at least one message")
+    return [_as_dict(m, tool_role=False) for m in messages]
+
+
 def _as_dict(m: BaseMessage, *, tool_role: bool) -> dict[str, str]:
     if isinstance(m.content, list):
         kinds = {b.get("type") for b in m.content if isinstance(b, dict)}

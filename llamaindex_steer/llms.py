@@ -28,7 +28,14 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, model_validator
+from llama_index.core.bridge.pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_serializer,
+    model_validator,
+)
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.llm import (
     LLMStructuredPredictEndEvent,
@@ -41,8 +48,10 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.types import Model
 
 from actsteer import SteeredModel, resolve
+from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.prompts import Prompt
+from actsteer.remote import remote_engine
 
 from .calls import (
     CALL_OPTIONS,
@@ -108,6 +117,11 @@ class SteerLLM(CustomLLM):
     runtime: SteeredModel | None = Field(
         default=None, exclude=True, description="A loaded SteeredModel to use (and share)."
     )
+    base_url: str | None = Field(
+        default=None,
+        description="An `actsteer serve` vLLM server (http://host:8000/v1); None = in-process.",
+    )
+    api_key: SecretStr | None = Field(default=None, exclude=True, description="Its API key.")
     max_new_tokens: int = Field(default=256, gt=0, description="Tokens generated at most.")
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -168,7 +182,11 @@ class SteerLLM(CustomLLM):
 
     @property
     def engine(self) -> Engine:
-        """What this LLM's calls go to (``actsteer.engine.Engine``)."""
+        """What this LLM's calls go to (``actsteer.engine.Engine``): the in-process model, or
+        the server at ``base_url``."""
+        if self.base_url is not None:
+            key = self.api_key.get_secret_value() if self.api_key else "EMPTY"
+            return remote_engine(self.base_url, self.model or DEFAULT_MODEL_NAME, key)
         return self.steered_model.engine
 
     @property
@@ -178,6 +196,14 @@ class SteerLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
+        if self.base_url is not None:  # a served instruct model: its window as configured here
+            return LLMMetadata(
+                context_window=self.context_window or DEFAULT_CONTEXT_WINDOW,
+                num_output=self.max_new_tokens,
+                model_name=self.model or DEFAULT_MODEL_NAME,
+                is_chat_model=True,
+                is_function_calling_model=False,
+            )
         sm = self.steered_model
         window = model_context_window(sm)
         if self.context_window is not None:
@@ -379,7 +405,7 @@ class SteerLLM(CustomLLM):
             return prompt
         if self.completion_to_prompt not in (None, default_completion_to_prompt):
             return self.completion_to_prompt(prompt)
-        if not has_chat_template(self.steered_model):
+        if self.base_url is None and not has_chat_template(self.steered_model):
             return f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*system, {"role": "user", "content": prompt}]

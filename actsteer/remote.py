@@ -1,0 +1,305 @@
+"""RemoteEngine: the ``Engine`` for a vLLM server running actsteer's plugin (``actsteer serve``).
+
+Requests go over the official ``openai`` client: chat messages to ``/v1/chat/completions``,
+raw strings to ``/v1/completions``, the steering as ``vllm_xargs={"actsteer": ...}``. Steering
+is validated here before anything is sent (syntax, preset names) and sent as its canonical
+expression; the server resolves it against its own copy of the vectors and answers a bad one
+with HTTP 400. A remote request names presets or the server's vector files: in-memory vectors
+cannot travel (save them into the server's ``--vectors`` folder and name them ``file:NAME``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import resolve
+from .engine import GenerationOptions, Request
+from .errors import GenerationError, SteeringSpecError
+from .expressions import Expression, parse
+from .generation import Generation
+from .spec import SteeringLike
+
+#: Requests in flight at once from one engine (vLLM batches concurrent requests).
+MAX_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True)
+class RemoteSteering:
+    """A steering as a remote request carries it: a canonical expression and its options."""
+
+    expression: str
+    coeff: float | None = None
+    positions: str | None = None
+
+    @property
+    def is_zero(self) -> bool:
+        return self.coeff == 0.0
+
+    def spec(self) -> str:
+        """The ``vllm_xargs["actsteer"]`` value: the expression, or JSON when options are set."""
+        if self.coeff is None and self.positions is None:
+            return self.expression
+        body = {"expression": self.expression, "coeff": self.coeff, "positions": self.positions}
+        return json.dumps({k: v for k, v in body.items() if v is not None}, sort_keys=True)
+
+    def describe(self) -> str:
+        opts = [f"x{self.coeff:g}"] if self.coeff is not None else []
+        opts += [f"positions={self.positions}"] if self.positions else []
+        return self.expression + (f" [{', '.join(opts)}]" if opts else "")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "expression": self.describe(),
+            "terms": [
+                {"name": t.canonical(), "coeff": t.coeff * (self.coeff or 1.0)}
+                for t in parse(self.expression).terms
+            ],
+        }
+
+
+class RemoteEngine:
+    """Generation on an actsteer-enabled vLLM server at ``base_url`` (``.../v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str = "EMPTY",
+        timeout: float = 600.0,
+        max_retries: int = 2,
+    ) -> None:
+        import openai
+
+        self.base_url, self._model = base_url, model
+        self._kw = {
+            "base_url": base_url,
+            "api_key": api_key,
+            "timeout": timeout,
+            "max_retries": max_retries,
+        }
+        self.client = openai.OpenAI(**self._kw)
+        # an async client's connections belong to one event loop: one client per loop
+        self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="actsteer-remote")
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    def resolve(
+        self, steering: SteeringLike, *, coeff: float | None = None, positions: str | None = None
+    ) -> tuple[RemoteSteering, ...]:  # type: ignore[override]
+        resolve.check(steering, coeff=coeff, positions=positions)
+        if steering is None:
+            return ()
+        items = steering if isinstance(steering, list | tuple) else [steering]
+        texts = []
+        for item in items:
+            if not isinstance(item, str):
+                raise SteeringSpecError(
+                    "a remote engine steers with expressions naming presets or the server's "
+                    f"vector files (file:NAME), not a {type(item).__name__}"
+                )
+            texts.append(item)
+        terms = tuple(t for text in texts for t in parse(text).terms)
+        return (RemoteSteering(Expression(terms).canonical(), coeff, positions),)
+
+    # -- the Engine protocol ----------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[Request], *, cancel: threading.Event | None = None
+    ) -> list[Generation]:
+        return [f.result() for f in self.submit(requests)]
+
+    def submit(self, requests: Sequence[Request]) -> list[Future]:
+        return [self._pool.submit(self._call, r) for r in requests]
+
+    async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:
+        return list(await asyncio.gather(*(self._acall(r) for r in requests)))
+
+    def stream(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = 600.0,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str | Generation]:
+        chunks = self._create(self.client, request, stream=True, timeout=timeout)
+        text, finish, usage = "", None, None
+        try:
+            for chunk in chunks:
+                piece, reason = _delta(chunk)
+                finish = reason or finish
+                usage = chunk.usage or usage
+                if piece:
+                    text += piece
+                    yield piece
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+        finally:
+            chunks.close()
+        yield _generation(request, text, finish, usage)
+
+    async def astream(
+        self, request: Request, *, timeout: float | None = 600.0
+    ) -> AsyncIterator[str | Generation]:
+        chunks = await self._acreate(request, stream=True, timeout=timeout)
+        text, finish, usage = "", None, None
+        try:
+            async for chunk in chunks:
+                piece, reason = _delta(chunk)
+                finish = reason or finish
+                usage = chunk.usage or usage
+                if piece:
+                    text += piece
+                    yield piece
+        finally:
+            await chunks.close()
+        yield _generation(request, text, finish, usage)
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def _call(self, request: Request) -> Generation:
+        reply = self._create(self.client, request, stream=False)
+        return _generation(request, *_whole(reply), reply.usage, _token_ids(reply))
+
+    async def _acall(self, request: Request) -> Generation:
+        reply = await self._acreate(request, stream=False)
+        return _generation(request, *_whole(reply), reply.usage, _token_ids(reply))
+
+    def _create(self, client: Any, request: Request, *, stream: bool, timeout=None) -> Any:
+        chat, kwargs = self._kwargs(request, stream, timeout)
+        api = client.chat.completions if chat else client.completions
+        return _http(lambda: api.create(**kwargs))
+
+    @property
+    def aclient(self) -> Any:
+        """The ``openai.AsyncOpenAI`` client of the running event loop."""
+        import openai
+
+        loop = asyncio.get_running_loop()
+        if loop not in self._aclients:
+            self._aclients[loop] = openai.AsyncOpenAI(**self._kw)
+        return self._aclients[loop]
+
+    async def _acreate(self, request: Request, *, stream: bool, timeout=None) -> Any:
+        chat, kwargs = self._kwargs(request, stream, timeout)
+        api = self.aclient.chat.completions if chat else self.aclient.completions
+        try:
+            return await api.create(**kwargs)
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    def _kwargs(
+        self, request: Request, stream: bool, timeout: float | None
+    ) -> tuple[bool, dict[str, Any]]:
+        o: GenerationOptions = request.options
+        kwargs: dict[str, Any] = {
+            "model": self._model,
+            "max_tokens": o.max_new_tokens,
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "stream": stream,
+        }
+        if o.stop:
+            kwargs["stop"] = list(o.stop)
+        if o.seed is not None:
+            kwargs["seed"] = o.seed
+        if stream:
+            kwargs["stream_options"] = {"include_usage": True}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        steering = [s for s in request.steering if not s.is_zero]
+        if len(steering) > 1:
+            raise SteeringSpecError("a remote request carries one steering expression")
+        extra: dict[str, Any] = {"return_token_ids": True}
+        if steering:
+            extra["vllm_xargs"] = {"actsteer": steering[0].spec()}
+        kwargs["extra_body"] = extra
+        chat = not isinstance(request.prompt, str)
+        if chat:
+            kwargs["messages"] = [
+                dict(m) if isinstance(m, dict) else {"role": m[0], "content": m[1]}
+                for m in request.prompt
+            ]
+        else:
+            kwargs["prompt"] = request.prompt
+        return chat, kwargs
+
+
+def _delta(chunk: Any) -> tuple[str, str | None]:
+    if not chunk.choices:
+        return "", None
+    choice = chunk.choices[0]
+    piece = getattr(getattr(choice, "delta", None), "content", None) or getattr(choice, "text", "")
+    return piece or "", choice.finish_reason
+
+
+def _whole(reply: Any) -> tuple[str, str | None]:
+    choice = reply.choices[0]
+    message = getattr(choice, "message", None)
+    text = message.content if message is not None else choice.text
+    return text or "", choice.finish_reason
+
+
+def _token_ids(reply: Any) -> tuple[int, ...]:
+    """The generated ids vLLM returns with ``return_token_ids`` (empty if it did not)."""
+    choice = reply.choices[0]
+    ids = getattr(choice, "token_ids", None)
+    if ids is None and getattr(choice, "model_extra", None):
+        ids = choice.model_extra.get("token_ids")
+    return tuple(int(t) for t in ids or ())
+
+
+def _generation(
+    request: Request, text: str, finish: str | None, usage: Any, ids: tuple[int, ...] = ()
+) -> Generation:
+    reason = finish if finish in ("stop", "length", "cancelled") else "stop"
+    described = " + ".join(s.describe() for s in request.steering if not s.is_zero) or None
+    return Generation(
+        text,
+        int(getattr(usage, "prompt_tokens", 0) or 0),
+        int(getattr(usage, "completion_tokens", 0) or 0),
+        reason,  # type: ignore[arg-type]
+        described,
+        ids,
+    )
+
+
+def _http(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:
+        raise _error(exc) from exc
+
+
+def _error(exc: Exception) -> Exception:
+    """A server's 400 about steering as actsteer's own error; anything else as it came."""
+    import openai
+
+    if isinstance(exc, openai.BadRequestError) and "actsteer" in str(exc):
+        return SteeringSpecError(f"the server refused the steering: {exc}")
+    if isinstance(exc, openai.APIConnectionError):
+        return GenerationError(f"cannot reach the vLLM server: {exc}")
+    return exc
+
+
+_ENGINES: dict[tuple[str, str, str], RemoteEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def remote_engine(base_url: str, model: str, api_key: str = "EMPTY") -> RemoteEngine:
+    """One ``RemoteEngine`` (one HTTP connection pool) per server, model and key, shared by
+    every adapter copy that points there."""
+    key = (base_url.rstrip("/"), model, api_key)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = RemoteEngine(key[0], model, api_key=api_key)
+        return _ENGINES[key]

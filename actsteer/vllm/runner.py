@@ -1,0 +1,180 @@
+"""Steering inside vLLM's model runner: per-layer delta tables, a per-step token map, and the
+two patches that arm them (private seams of vLLM 0.32: hence the pinned version).
+
+* After ``load_model`` a forward hook goes on every decoder layer. vLLM's layers return
+  ``(hidden, residual)`` whose sum is the residual stream that Hugging Face's layer returns, so
+  the hook adds each token's delta to ``hidden``.
+* After ``_prepare_inputs`` the batch of this step is final: request ``i`` of
+  ``input_batch.req_ids`` owns the next ``num_scheduled_tokens[i]`` flattened token rows, at
+  absolute positions ``num_computed_tokens[i] + j``; a position below the prompt length is a
+  prompt token, the others are generated. That holds under chunked prefill and with the prefix
+  cache (whose reused tokens are not recomputed; the cache salt keeps a steered request from
+  reusing an unsteered prefix, see ``frontend``).
+* Distinct steerings live in a bounded table (``MAX_SLOTS`` rows per layer, slot 0 is zero);
+  the least recently used entry not needed by the current step is evicted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import torch
+
+from .served import XARG, Compiled, ServedModel, compile_spec
+
+logger = logging.getLogger(__name__)
+
+#: Distinct steerings held at once (two table rows each: prompt and generated deltas).
+MAX_SLOTS = 64
+
+
+class Steerer:
+    """The delta tables of one loaded model and the token map of the current step."""
+
+    def __init__(self, model: torch.nn.Module, served: ServedModel) -> None:
+        self.served = served
+        layers = _decoder_layers(model)
+        if len(layers) != served.num_layers:
+            raise RuntimeError(
+                f"served model has {len(layers)} decoder layers, the serve bundle says "
+                f"{served.num_layers}: the bundle was made for another model"
+            )
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        rows = 2 * MAX_SLOTS + 1
+        self.tables = [
+            torch.zeros(rows, served.hidden_size, device=self.device, dtype=self.dtype)
+            for _ in layers
+        ]
+        self.active_layers: set[int] = set()
+        self.entries: collections.OrderedDict[str, tuple[int, Compiled]] = collections.OrderedDict()
+        self.token_rows: torch.Tensor | None = None
+        for index, layer in enumerate(layers):
+            layer.register_forward_hook(self._hook(index))
+
+    def _hook(self, layer: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            rows = self.token_rows
+            if rows is None or layer not in self.active_layers:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            n = hidden.shape[0]
+            index = rows[:n] if rows.shape[0] >= n else _pad(rows, n)
+            delta = self.tables[layer].index_select(0, index)
+            hidden = hidden + delta
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    def slot(self, spec: str, keep: set[int]) -> int:
+        """The table slot of ``spec`` (compiled and written on first use)."""
+        if spec in self.entries:
+            self.entries.move_to_end(spec)
+            return self.entries[spec][0]
+        compiled = compile_spec(self.served, spec)
+        used = {s for s, _ in self.entries.values()}
+        free = next((s for s in range(1, MAX_SLOTS + 1) if s not in used), None)
+        if free is None:
+            victim = next((k for k, (s, _) in self.entries.items() if s not in keep), None)
+            if victim is None:
+                raise RuntimeError(f"more than {MAX_SLOTS} distinct steerings in one step")
+            free = self.entries.pop(victim)[0]
+        for table in self.tables:
+            table[2 * free - 1].zero_()
+            table[2 * free].zero_()
+        for layer, d in compiled.prompt.items():
+            self.tables[layer][2 * free - 1] = d.to(self.device, self.dtype)
+        for layer, d in compiled.generated.items():
+            self.tables[layer][2 * free] = d.to(self.device, self.dtype)
+        self.entries[spec] = (free, compiled)
+        self._refresh_layers()
+        return free
+
+    def _refresh_layers(self) -> None:
+        self.active_layers = {
+            layer
+            for _, c in self.entries.values()
+            for layer in (*c.prompt.keys(), *c.generated.keys())
+        }
+
+    def prepare_step(self, runner: Any, num_scheduled_tokens: Any) -> None:
+        """Fill the token map for the step ``runner`` has just prepared."""
+        batch = runner.input_batch
+        num_reqs = batch.num_reqs
+        specs = []
+        for i, req_id in enumerate(batch.req_ids[:num_reqs]):
+            state = runner.requests[req_id]
+            params = state.sampling_params
+            extra = (params.extra_args or {}) if params is not None else {}
+            specs.append((i, state, extra.get(XARG)))
+        if all(spec is None for _, _, spec in specs):
+            self.token_rows = None
+            return
+        keep: set[int] = set()
+        pieces = []
+        for i, state, spec in specs:
+            n = int(num_scheduled_tokens[i])
+            if spec is None:
+                pieces.append(torch.zeros(n, dtype=torch.long))
+                continue
+            slot = self.slot(spec, keep)
+            keep.add(slot)
+            start = int(batch.num_computed_tokens_cpu[i])
+            positions = torch.arange(start, start + n)
+            prompt = positions < int(state.num_prompt_tokens)
+            pieces.append(torch.where(prompt, 2 * slot - 1, 2 * slot))
+        self.token_rows = torch.cat(pieces).to(self.device)
+
+
+def _pad(rows: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.cat([rows, rows.new_zeros(n - rows.shape[0])])
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise RuntimeError(
+            f"actsteer's vLLM plugin cannot find the decoder layers of {type(model).__name__}"
+        )
+    return list(layers)
+
+
+_PATCHED = False
+
+
+def patch() -> None:
+    """Arm vLLM's CPU model runner (idempotent: vLLM loads plugins in every process)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    load_model = CPUModelRunner.load_model
+    prepare_inputs = CPUModelRunner._prepare_inputs
+
+    def patched_load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = load_model(self, *args, **kwargs)
+        if self.max_num_reqs > MAX_SLOTS:
+            raise RuntimeError(
+                f"actsteer holds {MAX_SLOTS} distinct steerings per step; serve with "
+                f"--max-num-seqs {MAX_SLOTS} or fewer (got {self.max_num_reqs})"
+            )
+        self._actsteer = Steerer(self.model, ServedModel.from_bundle())
+        logger.info("actsteer: steering armed on %d layers", len(self._actsteer.tables))
+        return out
+
+    def patched_prepare_inputs(
+        self: Any, scheduler_output: Any, num_scheduled_tokens: Any, *args: Any, **kw: Any
+    ) -> Any:
+        out = prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kw)
+        steerer = getattr(self, "_actsteer", None)
+        if steerer is not None:
+            steerer.prepare_step(self, num_scheduled_tokens)
+        return out
+
+    CPUModelRunner.load_model = patched_load_model
+    CPUModelRunner._prepare_inputs = patched_prepare_inputs
+    _PATCHED = True

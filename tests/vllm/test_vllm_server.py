@@ -1,0 +1,145 @@
+"""Steering through a real vLLM server equals steering in-process, token for token (greedy,
+fp32): single requests, a mixed batch whose unsteered fillers finish early, requests that meet
+the prefix cache, 200 concurrent mixed requests; a bad spec is a 400 and the server serves on;
+the remote adapters keep their features."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import openai
+import pytest
+from langchain_core.runnables import ConfigurableField
+
+from actsteer import GenerationOptions, Request, Steering, SteeringSpecError, SteeringVector
+from actsteer.remote import remote_engine
+from langchain_steer import ChatSteer
+from llamaindex_steer import SteerLLM
+
+pytestmark = [pytest.mark.integration, pytest.mark.vllm]
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SETTINGS = [None, "love:2", "dogs", "french", "0.5*love - formal"]
+QUESTIONS = [
+    "Describe your weekend.",
+    "What should I cook tonight?",
+    "Tell me about the sea.",
+    "How do I learn to draw?",
+    "Why is the sky blue?",
+    "Write one line about autumn.",
+    "What is a good name for a cat?",
+    "Give me a tip for sleeping well.",
+]
+GEN = GenerationOptions(max_new_tokens=16)
+
+
+def chat(q: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": q}]
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    return remote_engine(server, MODEL)
+
+
+def local_ids(real, prompts, steerings, options=GEN) -> list[tuple[int, ...]]:
+    gens = real.generate_batch_detailed(
+        prompts,
+        list(steerings),
+        max_new_tokens=options.max_new_tokens,
+        stop=list(options.stop),
+    )
+    return [g.token_ids for g in gens]
+
+
+def test_single_requests_equal_local(engine, real, vectors):
+    prompts = [chat(q) for q in QUESTIONS[:2]] + ["I think my neighbour is"]
+    mine = Steering(SteeringVector.load(vectors / "mine.safetensors"), 2.0)
+    for s in [*SETTINGS, "file:mine:2"]:
+        got = [engine.generate([Request(p, engine.resolve(s), GEN)])[0] for p in prompts]
+        want = mine if s == "file:mine:2" else s
+        assert [g.token_ids for g in got] == local_ids(real, prompts, [want] * 3), s
+        assert all(g.completion_tokens == len(g.token_ids) for g in got)
+
+
+def test_a_mixed_batch_with_early_finishers_equals_local(engine, real):
+    short = GenerationOptions(max_new_tokens=3)
+    rows = [(chat(q), SETTINGS[i % 5], GEN) for i, q in enumerate(QUESTIONS)]
+    rows += [(chat(q), None, short) for q in QUESTIONS]  # unsteered fillers that end early
+    rows += [(chat(q), SETTINGS[(i + 2) % 5], GEN) for i, q in enumerate(QUESTIONS[:4])]
+    random.Random(0).shuffle(rows)
+    assert len(rows) >= 16
+    futures = engine.submit([Request(p, engine.resolve(s), o) for p, s, o in rows])
+    got = [f.result().token_ids for f in futures]
+    want = [local_ids(real, [p], [s], o)[0] for p, s, o in rows]
+    assert got == want
+
+
+def test_a_steered_request_after_the_same_unsteered_prompt_is_still_steered(engine, real):
+    long = chat("Please tell me, in a few words and without any preamble, " + QUESTIONS[2] * 3)
+    plain = engine.generate([Request(long, (), GEN)])[0]
+    steered = engine.generate([Request(long, engine.resolve("dogs:2"), GEN)])[0]
+    again = engine.generate([Request(long, (), GEN)])[0]  # and back: no steered KV reused
+    assert plain.token_ids == again.token_ids == local_ids(real, [long], [None])[0]
+    assert steered.token_ids == local_ids(real, [long], ["dogs:2"])[0] != plain.token_ids
+
+
+def test_a_bad_spec_is_a_400_and_the_server_serves_on(engine, server):
+    client = openai.OpenAI(base_url=server, api_key="EMPTY")
+    bad = ("jsno", "love:", "file:missing", "file:/etc/passwd", "json@500", '{"expression": 3}')
+    for spec in bad:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(
+                model=MODEL,
+                prompt="Hi",
+                max_tokens=4,
+                extra_body={"vllm_xargs": {"actsteer": spec}},
+            )
+        assert caught.value.status_code == 400 and "actsteer" in str(caught.value)
+    with pytest.raises(SteeringSpecError, match="server refused"):  # only the server has files
+        ChatSteer(base_url=server, model=MODEL).invoke("Hi", steering="file:missing.safetensors")
+    assert engine.generate([Request("Hi", engine.resolve("love"), GEN)])[0].completion_tokens
+
+
+def test_200_concurrent_mixed_requests_are_not_contaminated(engine, real):
+    prompts = [chat(q) for q in QUESTIONS]
+    refs = {
+        (i, s): ids
+        for s in SETTINGS[:4]
+        for i, ids in enumerate(local_ids(real, prompts, [s] * len(prompts)))
+    }
+    rng = random.Random(1)
+    picks = [(rng.randrange(len(prompts)), rng.choice(SETTINGS[:4])) for _ in range(200)]
+    futures = engine.submit([Request(prompts[i], engine.resolve(s), GEN) for i, s in picks])
+    wrong = [pick for pick, f in zip(picks, futures) if f.result().token_ids != refs[pick]]
+    assert wrong == []
+
+
+def test_remote_adapters_keep_their_features(server):
+    remote = ChatSteer(base_url=server, model=MODEL, max_tokens=12)
+    local = ChatSteer(max_tokens=12)
+    q = QUESTIONS[:4]
+    assert [m.content for m in remote.batch(q, steering="love")] == [
+        m.content for m in local.batch(q, steering="love")
+    ]
+    msg = remote.invoke(q[0], steering="dogs")
+    assert msg.response_metadata["steering"]["expression"] == "dogs"
+    assert msg.usage_metadata["output_tokens"] == 12
+    streamed = "".join(c.content for c in remote.stream(q[0], steering="dogs"))
+    assert streamed == msg.content
+    assert [m.content for m in asyncio.run(remote.abatch(q))] == [m.content for m in local.batch(q)]
+    knob = remote.configurable_fields(steering=ConfigurableField(id="s"))
+    rows = knob.batch(q[:2], [{"configurable": {"s": s}} for s in ("love", None)])
+    assert [r.content for r in rows] == [
+        local.invoke(q[0], steering="love").content,
+        local.invoke(q[1]).content,
+    ]
+    with pytest.raises(SteeringSpecError, match="did you mean"):
+        ChatSteer(base_url=server, model=MODEL, steering="jsno")
+    li = SteerLLM(base_url=server, model=MODEL, max_new_tokens=12)
+    assert (
+        li.complete(q[1], steering="dogs").text
+        == SteerLLM(max_new_tokens=12).complete(q[1], steering="dogs").text
+    )
+    assert li.metadata.is_chat_model
