@@ -150,12 +150,26 @@ def patch() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    from vllm.config import CompilationMode
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "actsteer's vLLM plugin is tested on vLLM's CPU runner only; on this runner a "
+            "steered request would come out unsteered, so the server does not start"
+        )
+
+    GPUModelRunner.load_model = refuse  # CPUModelRunner overrides load_model: not affected
     load_model = CPUModelRunner.load_model
     prepare_inputs = CPUModelRunner._prepare_inputs
 
     def patched_load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.vllm_config.compilation_config.mode != CompilationMode.NONE:
+            raise RuntimeError(
+                "actsteer's vLLM plugin runs in eager mode only for now (its hooks are not a "
+                "registered custom op yet): start the server with --enforce-eager"
+            )
         out = load_model(self, *args, **kwargs)
         if self.max_num_reqs > MAX_SLOTS:
             raise RuntimeError(

@@ -26,16 +26,22 @@ def vectors(tmp_path_factory, real) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, vectors) -> Iterator[str]:
-    """The server's ``/v1`` URL."""
+def vllm_python() -> Path:
+    """vLLM's venv's python (skips, or fails under ``ACTSTEER_REQUIRE_VLLM=1``, without it)."""
     if not VLLM_PYTHON.exists():
         message = f"vLLM is not installed at {VLLM_PYTHON} (run `make install-vllm`)"
         if os.environ.get("ACTSTEER_REQUIRE_VLLM") == "1":
             pytest.fail(message)
         pytest.skip(message)
+    return VLLM_PYTHON
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, vectors, vllm_python) -> Iterator[str]:
+    """The server's ``/v1`` URL."""
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     try:
-        running = launch.start(VLLM_PYTHON, log, vectors=vectors, cwd=ROOT)
+        running = launch.start(vllm_python, log, vectors=vectors, cwd=ROOT)
     except RuntimeError as exc:
         pytest.fail(str(exc))
     try:

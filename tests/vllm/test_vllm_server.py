@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import openai
 import pytest
@@ -14,6 +15,7 @@ from langchain_core.runnables import ConfigurableField
 
 from actsteer import GenerationOptions, Request, Steering, SteeringSpecError, SteeringVector
 from actsteer.remote import remote_engine
+from actsteer.vllm import launch
 from langchain_steer import ChatSteer
 from llamaindex_steer import SteerLLM
 
@@ -143,3 +145,12 @@ def test_remote_adapters_keep_their_features(server):
         == SteerLLM(max_new_tokens=12).complete(q[1], steering="dogs").text
     )
     assert li.metadata.is_chat_model
+
+
+def test_a_server_the_plugin_cannot_steer_refuses_to_start(vllm_python, tmp_path):
+    """Compiled mode is not supported yet: the server says so and exits, rather than serving
+    steered requests unsteered."""
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(RuntimeError, match="server exited"):
+        launch.start(vllm_python, tmp_path / "log", vllm_args=launch.EAGER_FP32, cwd=root)
+    assert "actsteer's vLLM plugin runs in eager mode only" in (tmp_path / "log").read_text()
