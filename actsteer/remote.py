@@ -11,6 +11,7 @@ cannot travel (save them into the server's ``--vectors`` folder and name them ``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import weakref
@@ -216,12 +217,10 @@ class RemoteEngine:
             kwargs["stream_options"] = {"include_usage": True}
         if timeout is not None:
             kwargs["timeout"] = timeout
-        steering = [s for s in request.steering if not s.is_zero]
-        if len(steering) > 1:
-            raise SteeringSpecError("a remote request carries one steering expression")
         extra: dict[str, Any] = {"return_token_ids": True}
-        if steering:
-            extra["vllm_xargs"] = {"actsteer": steering[0].spec()}
+        steering = merged([s for s in request.steering if not s.is_zero])
+        if steering is not None:
+            extra["vllm_xargs"] = {"actsteer": steering.spec()}
         kwargs["extra_body"] = extra
         chat = not isinstance(request.prompt, str)
         if chat:
@@ -232,6 +231,24 @@ class RemoteEngine:
         else:
             kwargs["prompt"] = request.prompt
         return chat, kwargs
+
+
+def merged(steerings: Sequence[RemoteSteering]) -> RemoteSteering | None:
+    """One request's steerings as the one expression a request carries: coefficients folded
+    into the terms; they must agree on positions."""
+    if len(steerings) <= 1:
+        return steerings[0] if steerings else None
+    where = {s.positions for s in steerings}
+    if len(where) > 1:
+        raise SteeringSpecError(
+            f"a remote request steers at one set of positions, got {sorted(map(str, where))}"
+        )
+    terms = tuple(
+        dataclasses.replace(t, coeff=t.coeff * (s.coeff if s.coeff is not None else 1.0))
+        for s in steerings
+        for t in parse(s.expression).terms
+    )
+    return RemoteSteering(Expression(terms).canonical(), None, where.pop())
 
 
 def _delta(chunk: Any) -> tuple[str, str | None]:

@@ -10,7 +10,7 @@ import torch
 from conftest import build_tiny, random_vector
 
 from actsteer import Steering, SteeringSpecError, combine
-from actsteer.remote import RemoteEngine, RemoteSteering
+from actsteer.remote import RemoteEngine, RemoteSteering, merged
 from actsteer.vllm.bundle import write_bundle
 from actsteer.vllm.served import ServedModel, compile_spec, parse_spec
 
@@ -66,5 +66,9 @@ def test_remote_resolve_checks_on_the_client_and_sends_expressions():
     assert engine.resolve(None) == ()
     with pytest.raises(SteeringSpecError, match="did you mean"):
         engine.resolve("jsno")
+    both = merged([*engine.resolve("dogs", coeff=2.0), *engine.resolve("json")])
+    assert both == RemoteSteering("dogs:2 + json", None, None)
+    with pytest.raises(SteeringSpecError, match="one set of positions"):
+        merged([*engine.resolve("dogs", positions="generated"), *engine.resolve("json")])
     with pytest.raises(SteeringSpecError, match="not a SteeringVector"):
         engine.resolve(random_vector(build_tiny("llama", seed=5), [1]))

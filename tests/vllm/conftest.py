@@ -41,7 +41,9 @@ def server(tmp_path_factory, vectors, vllm_python) -> Iterator[str]:
     """The server's ``/v1`` URL."""
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     try:
-        running = launch.start(vllm_python, log, vectors=vectors, cwd=ROOT)
+        # prompts over 48 tokens are prefilled in chunks: positions must stay right across them
+        args = (*launch.EAGER_FP32, "--enforce-eager", "--max-num-batched-tokens", "48")
+        running = launch.start(vllm_python, log, vectors=vectors, vllm_args=args, cwd=ROOT)
     except RuntimeError as exc:
         pytest.fail(str(exc))
     try:

@@ -17,6 +17,7 @@ from actsteer import GenerationOptions, Request, Steering, SteeringSpecError, St
 from actsteer.remote import remote_engine
 from actsteer.vllm import launch
 from langchain_steer import ChatSteer
+from langchain_steer import SteerLLM as LangChainLLM
 from llamaindex_steer import SteerLLM
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
@@ -80,6 +81,7 @@ def test_a_mixed_batch_with_early_finishers_equals_local(engine, real):
 
 def test_a_steered_request_after_the_same_unsteered_prompt_is_still_steered(engine, real):
     long = chat("Please tell me, in a few words and without any preamble, " + QUESTIONS[2] * 3)
+    assert len(real.encode(long)) > 48  # prefilled in chunks by this server
     plain = engine.generate([Request(long, (), GEN)])[0]
     steered = engine.generate([Request(long, engine.resolve("dogs:2"), GEN)])[0]
     again = engine.generate([Request(long, (), GEN)])[0]  # and back: no steered KV reused
@@ -139,6 +141,9 @@ def test_remote_adapters_keep_their_features(server):
     ]
     with pytest.raises(SteeringSpecError, match="did you mean"):
         ChatSteer(base_url=server, model=MODEL, steering="jsno")
+    completion = LangChainLLM(base_url=server, model=MODEL, max_tokens=12)
+    text = completion.invoke("I think my neighbour is", steering="love:2")
+    assert text == LangChainLLM(max_tokens=12).invoke("I think my neighbour is", steering="love:2")
     li = SteerLLM(base_url=server, model=MODEL, max_new_tokens=12)
     assert (
         li.complete(q[1], steering="dogs").text
