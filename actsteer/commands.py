@@ -349,6 +349,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Prepare the serve bundle from the Hugging Face model, then run vLLM's OpenAI server with
     actsteer's plugin until interrupted; prints the URL once the server answers."""
     import os
+    import signal
     import subprocess
     import urllib.request
 
@@ -378,6 +379,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     env = dict(os.environ, **{BUNDLE_ENV: str(bundle)})
     server = subprocess.Popen(command, env=env)
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends vLLM too, like Ctrl-C
     url = f"http://{args.host}:{args.port}"
     try:
         while server.poll() is None:
@@ -388,9 +390,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
             except OSError:
                 time.sleep(1)
         if server.poll() is None:
+            problem = _steering_probe(url, name)
+            if problem:  # never serve steered requests unsteered
+                server.terminate()
+                server.wait(60)
+                raise ActsteerError(problem)
             print(f"actsteer: serving {name} at {url}/v1", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         server.terminate()
         server.wait(30)
         return 130
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _steering_probe(url: str, model: str) -> str | None:
+    """Ask the running server for the same completion with and without strong steering; if
+    they agree, the plugin is not active in vLLM's model runner (it failed to load there, say)
+    and the problem is returned. None when steering works."""
+    import urllib.request
+
+    def complete(xargs: dict[str, str] | None) -> str:
+        body = {"model": model, "prompt": "I like", "max_tokens": 12, "temperature": 0}
+        if xargs:
+            body["vllm_xargs"] = xargs
+        request = urllib.request.Request(
+            f"{url}/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())["choices"][0]["text"]
+
+    try:
+        plain, steered = complete(None), complete({"actsteer": "dogs:2"})
+    except OSError as exc:
+        return f"the server failed its steering self-check: {exc}"
+    if plain == steered:
+        return (
+            "the server answered a steered request unsteered: actsteer's plugin is not active "
+            "in vLLM's model runner (see the server log for a failed plugin load)"
+        )
+    return None

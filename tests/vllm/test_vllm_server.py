@@ -159,3 +159,12 @@ def test_a_server_the_plugin_cannot_steer_refuses_to_start(vllm_python, tmp_path
     with pytest.raises(RuntimeError, match="server exited"):
         launch.start(vllm_python, tmp_path / "log", vllm_args=launch.EAGER_FP32, cwd=root)
     assert "actsteer's vLLM plugin runs in eager mode only" in (tmp_path / "log").read_text()
+
+
+def test_a_server_whose_runner_is_not_armed_refuses_to_serve(vllm_python, tmp_path):
+    """If the plugin does not load in vLLM's processes (here: an allowlist without it), the
+    start-up self-check sees a steered request come back unsteered and stops the server."""
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(RuntimeError, match="server exited"):
+        launch.start(vllm_python, tmp_path / "log", cwd=root, env={"VLLM_PLUGINS": "none"})
+    assert "answered a steered request unsteered" in (tmp_path / "log").read_text()
