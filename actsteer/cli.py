@@ -22,10 +22,10 @@ from .commands import (
     cmd_import,
     cmd_inspect,
     cmd_presets,
-    cmd_serve,
     cmd_sweep,
 )
 from .errors import ActsteerError
+from .vllm.serve import cmd_serve
 
 EXIT_BAD_INPUT = 2
 

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import ActsteerError
 
 
-def _model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace):
     from .model import SteeredModel
 
     if getattr(args, "model", None):
@@ -56,7 +56,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    sm = _model(args)
+    sm = load_model(args)
     prompt: Any = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     if args.chat and args.system:
         prompt.insert(0, {"role": "system", "content": args.system})
@@ -106,7 +106,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from . import extract
 
     prompt = _template_source(args) if args.method in ("prompt_template", "distill") else ""
-    sm = _model(args)
+    sm = load_model(args)
     layers = _layers(args.layers)
     start = time.perf_counter()
     if args.method in ("mean_diff", "pca"):
@@ -231,7 +231,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     vec = SteeringVector.from_gguf(args.file)
     if args.model or args.record_model:
-        sm = _model(args)
+        sm = load_model(args)
         vec.check_model(sm.fingerprint)
         vec = vec.with_meta(model=sm.fingerprint, layer_norms=sm.activation_norms())
     vec.save(args.output)
@@ -246,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import neutral_inputs
     from .evaluate.report import evaluate
 
-    sm = _model(args)
+    sm = load_model(args)
     prompts = neutral_inputs("heldout")[: args.prompts]
     check, instruction, fid = args.check, args.system_prompt, False
     if args.steer in presets.names():
@@ -301,7 +301,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from .evaluate.sweep import plot_sweep, sweep
 
-    sm = _model(args)
+    sm = load_model(args)
     source, check = _sweep_source(args)
     points = sweep(sm, source, check=check, **_sweep_kwargs(args))
     out = Path(args.output)
@@ -320,7 +320,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluate.sweep import calibrate
 
-    sm = _model(args)
+    sm = load_model(args)
     source, check = _sweep_source(args)
     vec, _ = calibrate(
         sm, source, check=check, max_ppl_ratio=args.max_ppl_ratio, **_sweep_kwargs(args)
@@ -338,100 +338,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    sm = _model(args)
+    sm = load_model(args)
     data = run_demo(sm, max_new_tokens=args.max_new_tokens, quiet=args.json)
     if args.json:
         print(json.dumps(data, indent=2))
     return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Prepare the serve bundle from the Hugging Face model, then run vLLM's OpenAI server with
-    actsteer's plugin until interrupted; prints the URL once the server answers."""
-    import os
-    import signal
-    import subprocess
-    import urllib.request
-
-    from .default_model import cache_root, ensure_converted
-    from .vllm.bundle import write_bundle
-    from .vllm.served import BUNDLE_ENV
-
-    sm = _model(args)
-    name = sm.fingerprint.name
-    folder = args.model or str(ensure_converted(progress=False))
-    key = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-48:]
-    bundle = write_bundle(sm, cache_root() / "serve" / f"{key}.json", vectors=args.vectors)
-    del sm  # vLLM loads its own copy of the weights
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        folder,
-        "--served-model-name",
-        name,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        *args.vllm_args,
-    ]
-    env = dict(os.environ, **{BUNDLE_ENV: str(bundle)})
-    server = subprocess.Popen(command, env=env)
-    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends vLLM too, like Ctrl-C
-    url = f"http://{args.host}:{args.port}"
-    try:
-        while server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        if server.poll() is None:
-            problem = _steering_probe(url, name)
-            if problem:  # never serve steered requests unsteered
-                server.terminate()
-                server.wait(60)
-                raise ActsteerError(problem)
-            print(f"actsteer: serving {name} at {url}/v1", flush=True)
-        return server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait(30)
-        return 130
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _steering_probe(url: str, model: str) -> str | None:
-    """Ask the running server for the same completion with and without strong steering; if
-    they agree, the plugin is not active in vLLM's model runner (it failed to load there, say)
-    and the problem is returned. None when steering works."""
-    import urllib.request
-
-    def complete(xargs: dict[str, str] | None) -> str:
-        body = {"model": model, "prompt": "I like", "max_tokens": 12, "temperature": 0}
-        if xargs:
-            body["vllm_xargs"] = xargs
-        request = urllib.request.Request(
-            f"{url}/v1/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return json.loads(reply.read())["choices"][0]["text"]
-
-    try:
-        plain, steered = complete(None), complete({"actsteer": "dogs:2"})
-    except OSError as exc:
-        return f"the server failed its steering self-check: {exc}"
-    if plain == steered:
-        return (
-            "the server answered a steered request unsteered: actsteer's plugin is not active "
-            "in vLLM's model runner (see the server log for a failed plugin load)"
-        )
-    return None

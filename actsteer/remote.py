@@ -133,38 +133,30 @@ class RemoteEngine:
         cancel: threading.Event | None = None,
     ) -> Iterator[str | Generation]:
         chunks = self._create(self.client, request, stream=True, timeout=timeout)
-        text, finish, usage = "", None, None
+        said = _Said()
         try:
             for chunk in chunks:
-                piece, reason = _delta(chunk)
-                finish = reason or finish
-                usage = chunk.usage or usage
-                if piece:
-                    text += piece
+                if piece := said.add(chunk):
                     yield piece
                 if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
+                    said.finish = "cancelled"
                     break
         finally:
             chunks.close()
-        yield _generation(request, text, finish, usage)
+        yield said.generation(request)
 
     async def astream(
         self, request: Request, *, timeout: float | None = 600.0
     ) -> AsyncIterator[str | Generation]:
         chunks = await self._acreate(request, stream=True, timeout=timeout)
-        text, finish, usage = "", None, None
+        said = _Said()
         try:
             async for chunk in chunks:
-                piece, reason = _delta(chunk)
-                finish = reason or finish
-                usage = chunk.usage or usage
-                if piece:
-                    text += piece
+                if piece := said.add(chunk):
                     yield piece
         finally:
             await chunks.close()
-        yield _generation(request, text, finish, usage)
+        yield said.generation(request)
 
     # -- HTTP -------------------------------------------------------------------------------
     def _call(self, request: Request) -> Generation:
@@ -249,6 +241,24 @@ def merged(steerings: Sequence[RemoteSteering]) -> RemoteSteering | None:
         for t in parse(s.expression).terms
     )
     return RemoteSteering(Expression(terms).canonical(), None, where.pop())
+
+
+class _Said:
+    """What a stream has said so far: its text, finish reason and usage."""
+
+    def __init__(self) -> None:
+        self.text, self.finish, self.usage = "", None, None
+
+    def add(self, chunk: Any) -> str:
+        """Take in one SSE chunk; returns its new text."""
+        piece, reason = _delta(chunk)
+        self.finish = reason or self.finish
+        self.usage = chunk.usage or self.usage
+        self.text += piece
+        return piece
+
+    def generation(self, request: Request) -> Generation:
+        return _generation(request, self.text, self.finish, self.usage)
 
 
 def _delta(chunk: Any) -> tuple[str, str | None]:

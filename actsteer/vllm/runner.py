@@ -12,19 +12,24 @@ two patches that arm them (private seams of vLLM 0.32: hence the pinned version)
   reusing an unsteered prefix, see ``frontend``).
 * Distinct steerings live in a bounded table (``MAX_SLOTS`` rows per layer, slot 0 is zero);
   the least recently used entry not needed by the current step is evicted.
+* Compiled mode (torch.compile, vLLM's default): the tables and the token map are buffers of
+  the decoder layers, preallocated and only ever written in place, and the hook always adds
+  (an unsteered token reads the zero row), so the traced graph has no Python branch and reads
+  the current step's map. The compile cache is salted with this module's source, so a graph
+  compiled without the plugin (or by another version of it) is never reused.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
+import hashlib
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .served import XARG, Compiled, ServedModel, compile_spec
-
-logger = logging.getLogger(__name__)
 
 #: Distinct steerings held at once (two table rows each: prompt and generated deltas).
 MAX_SLOTS = 64
@@ -33,7 +38,9 @@ MAX_SLOTS = 64
 class Steerer:
     """The delta tables of one loaded model and the token map of the current step."""
 
-    def __init__(self, model: torch.nn.Module, served: ServedModel) -> None:
+    def __init__(
+        self, model: torch.nn.Module, served: ServedModel, max_tokens: int, *, always: bool
+    ) -> None:
         self.served = served
         layers = _decoder_layers(model)
         if len(layers) != served.num_layers:
@@ -43,27 +50,31 @@ class Steerer:
             )
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        rows = 2 * MAX_SLOTS + 1
-        self.tables = [
-            torch.zeros(rows, served.hidden_size, device=self.device, dtype=self.dtype)
-            for _ in layers
-        ]
+        self.always = always
+        self.live = False  # eager mode: some token of this step is steered
+        self.filled = 0  # rows[:filled] may be non-zero
+        self.rows = torch.zeros(max_tokens, dtype=torch.long, device=self.device)
+        self.tables: list[torch.Tensor] = []
+        for index, layer in enumerate(layers):
+            table = torch.zeros(
+                2 * MAX_SLOTS + 1, served.hidden_size, device=p.device, dtype=p.dtype
+            )
+            layer.register_buffer("actsteer_table", table, persistent=False)
+            layer.register_buffer("actsteer_rows", self.rows, persistent=False)
+            self.tables.append(table)
+            layer.register_forward_hook(self._hook(index))
         self.active_layers: set[int] = set()
         self.entries: collections.OrderedDict[str, tuple[int, Compiled]] = collections.OrderedDict()
-        self.token_rows: torch.Tensor | None = None
-        for index, layer in enumerate(layers):
-            layer.register_forward_hook(self._hook(index))
 
     def _hook(self, layer: int):
+        always = self.always
+
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            rows = self.token_rows
-            if rows is None or layer not in self.active_layers:
+            if not always and not (self.live and layer in self.active_layers):
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
-            n = hidden.shape[0]
-            index = rows[:n] if rows.shape[0] >= n else _pad(rows, n)
-            delta = self.tables[layer].index_select(0, index)
-            hidden = hidden + delta
+            rows = module.actsteer_rows[: hidden.shape[0]]
+            hidden = hidden + module.actsteer_table.index_select(0, rows)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook
@@ -110,7 +121,8 @@ class Steerer:
             extra = (params.extra_args or {}) if params is not None else {}
             specs.append((i, state, extra.get(XARG)))
         if all(spec is None for _, _, spec in specs):
-            self.token_rows = None
+            self.live = False
+            self._write(None)
             return
         keep: set[int] = set()
         pieces = []
@@ -125,11 +137,20 @@ class Steerer:
             positions = torch.arange(start, start + n)
             prompt = positions < int(state.num_prompt_tokens)
             pieces.append(torch.where(prompt, 2 * slot - 1, 2 * slot))
-        self.token_rows = torch.cat(pieces).to(self.device)
+        self._write(torch.cat(pieces))
+        self.live = True
 
-
-def _pad(rows: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.cat([rows, rows.new_zeros(n - rows.shape[0])])
+    def _write(self, rows: torch.Tensor | None) -> None:
+        """Put this step's token map in the (preallocated) buffer, zeroing what is left of the
+        previous step's."""
+        total = 0 if rows is None else rows.shape[0]
+        if total > self.rows.shape[0]:
+            raise RuntimeError(f"a step of {total} tokens exceeds {self.rows.shape[0]}")
+        if self.filled > total:
+            self.rows[total : self.filled].zero_()
+        if rows is not None:
+            self.rows[:total].copy_(rows)
+        self.filled = total
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -140,6 +161,21 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
             f"actsteer's vLLM plugin cannot find the decoder layers of {type(model).__name__}"
         )
     return list(layers)
+
+
+def salt_compile_cache(vllm_config: Any) -> None:
+    """Put this module's source hash into the config vLLM hashes for its compile caches
+    (``additional_config`` counts there), so a graph traced without these hooks, or by another
+    version of them, is never loaded into a steered server."""
+    salt = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    extra = vllm_config.additional_config
+    if extra is None or isinstance(extra, dict):
+        vllm_config.additional_config = {**(extra or {}), "actsteer": salt}
+    else:
+        raise RuntimeError(
+            "actsteer cannot salt vLLM's compile cache (additional_config is not a dict): "
+            "start the server with --enforce-eager"
+        )
 
 
 _PATCHED = False
@@ -165,19 +201,22 @@ def patch() -> None:
     prepare_inputs = CPUModelRunner._prepare_inputs
 
     def patched_load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.vllm_config.compilation_config.mode != CompilationMode.NONE:
-            raise RuntimeError(
-                "actsteer's vLLM plugin runs in eager mode only for now (its hooks are not a "
-                "registered custom op yet): start the server with --enforce-eager"
-            )
+        compiled = self.vllm_config.compilation_config.mode != CompilationMode.NONE
+        if compiled:
+            salt_compile_cache(self.vllm_config)
         out = load_model(self, *args, **kwargs)
         if self.max_num_reqs > MAX_SLOTS:
             raise RuntimeError(
                 f"actsteer holds {MAX_SLOTS} distinct steerings per step; serve with "
                 f"--max-num-seqs {MAX_SLOTS} or fewer (got {self.max_num_reqs})"
             )
-        self._actsteer = Steerer(self.model, ServedModel.from_bundle())
-        logger.info("actsteer: steering armed on %d layers", len(self._actsteer.tables))
+        self._actsteer = Steerer(
+            self.model, ServedModel.from_bundle(), self.max_num_tokens, always=compiled
+        )
+        mode = "compiled" if compiled else "eager"
+        # vLLM's logging shows only its own loggers; its workers' stderr reaches the server log
+        layers = len(self._actsteer.tables)
+        print(f"actsteer: steering armed on {layers} layers ({mode})", file=sys.stderr, flush=True)
         return out
 
     def patched_prepare_inputs(

@@ -1,7 +1,7 @@
 """Steering through a real vLLM server equals steering in-process, token for token (greedy,
 fp32): single requests, a mixed batch whose unsteered fillers finish early, requests that meet
-the prefix cache, 200 concurrent mixed requests; a bad spec is a 400 and the server serves on;
-the remote adapters keep their features."""
+the prefix cache, 200 concurrent mixed requests, in eager and in compiled mode; a bad spec is a
+400 and the server serves on; the remote adapters keep their features."""
 
 from __future__ import annotations
 
@@ -152,13 +152,40 @@ def test_remote_adapters_keep_their_features(server):
     assert li.metadata.is_chat_model
 
 
-def test_a_server_the_plugin_cannot_steer_refuses_to_start(vllm_python, tmp_path):
-    """Compiled mode is not supported yet: the server says so and exits, rather than serving
-    steered requests unsteered."""
+def test_a_compiled_server_steers_like_in_process(vllm_python, vectors, real, tmp_path):
+    """vLLM's default mode (torch.compile, no --enforce-eager): the hooks are traced into the
+    graph once and read every step's token map from their buffers, so single requests and a
+    mixed batch (steered rows beside unsteered ones, token counts the graph was not traced on)
+    come out as in-process, token for token. (A fresh compile cache: vLLM 0.32 on CPU does not
+    load its saved graphs back, so this is what every start does.)"""
     root = Path(__file__).resolve().parents[2]
-    with pytest.raises(RuntimeError, match="server exited"):
-        launch.start(vllm_python, tmp_path / "log", vllm_args=launch.EAGER_FP32, cwd=root)
-    assert "actsteer's vLLM plugin runs in eager mode only" in (tmp_path / "log").read_text()
+    log = tmp_path / "server.log"
+    try:
+        running = launch.start(
+            vllm_python,
+            log,
+            vectors=vectors,
+            vllm_args=launch.EAGER_FP32,
+            cwd=root,
+            env={"VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")},
+        )
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        text = log.read_text()
+        assert "steering armed on 30 layers (compiled)" in text and "AOT compiled" in text
+        engine = remote_engine(running.url, MODEL)
+        prompts = [chat(q) for q in QUESTIONS[:2]] + ["I think my neighbour is"]
+        for s in SETTINGS:
+            got = [engine.generate([Request(p, engine.resolve(s), GEN)])[0] for p in prompts]
+            assert [g.token_ids for g in got] == local_ids(real, prompts, [s] * 3), s
+        rows = [(chat(q), SETTINGS[i % 5]) for i, q in enumerate(QUESTIONS)]
+        rows += [(chat(q), SETTINGS[(i + 3) % 5]) for i, q in enumerate(QUESTIONS)]
+        futures = engine.submit([Request(p, engine.resolve(s), GEN) for p, s in rows])
+        want = local_ids(real, [p for p, _ in rows], [s for _, s in rows])
+        assert [f.result().token_ids for f in futures] == want
+    finally:
+        running.stop()
 
 
 def test_a_server_whose_runner_is_not_armed_refuses_to_serve(vllm_python, tmp_path):
