@@ -1,6 +1,7 @@
 """Every preset on the embedded model: its vector against the system prompt it stands for.
 
-For each preset, on the 48 held-out prompts (never used to build a vector): behaviour success
+For each preset, on the 200 evaluation prompts (never used to build or choose a vector; the
+first 48 are the held-out set of the training cards): behaviour success
 of free-running greedy replies under no steering / the system prompt / the vector / both,
 prompt tokens sent (and saved), time to first token with the system prompt vs with the vector,
 quality cost (perplexity ratio, KL on neutral text) and, for the distilled presets, fidelity
@@ -8,12 +9,15 @@ quality cost (perplexity ratio, KL on neutral text) and, for the distilled prese
 mean-difference vector they replace (``extract.prompt_template`` at 0.4 depth, coefficient 1,
 the shipped presets until they were distilled) runs next to them. Writes
 bench/results/template.json and template.png.
-Run: ``.venv/bin/python bench/template.py [--prompts 48] [--max-new-tokens 48]``.
+Run: ``.venv/bin/python bench/template.py [--prompts 200] [--max-new-tokens 48] [--presets a,b]
+[--update]`` (``--update`` replaces only the named presets' rows in the results file).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from _common import RESULTS, machine, write
 from actsteer import SteeredModel, Steering, presets
 from actsteer import extract as ex
 from actsteer.data import neutral_inputs
-from actsteer.evaluate import fidelity
+from actsteer.evaluate import fidelity, reply_perplexity
 from actsteer.evaluate.report import evaluate_preset, run_condition
 
 CONDITIONS = (
@@ -56,13 +60,16 @@ def mean_difference(sm: SteeredModel, name: str, prompts: list[str], max_new_tok
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--presets", default=",".join(presets.names()))
+    parser.add_argument("--update", action="store_true", help="keep the other presets' rows")
     args = parser.parse_args()
     sm = SteeredModel.default(progress=False)
-    prompts = neutral_inputs("heldout")[: args.prompts]
+    prompts = neutral_inputs("eval")[: args.prompts]
     rows = {}
+    if args.update and (RESULTS / "template.json").exists():
+        rows = json.loads((RESULTS / "template.json").read_text())["presets"]
     for name in args.presets.split(","):
         preset = presets.get(name)
         report = evaluate_preset(sm, name, prompts=prompts, max_new_tokens=args.max_new_tokens)
@@ -75,10 +82,14 @@ def main() -> None:
             md_ppl = md.perplexity / c["no steering"].perplexity
         sysp, vec = c.get("system prompt"), c["vector"]
         card = sm.preset(name).meta.extra.get("training", {})
+        judged = under_prompt(sm, preset.system_prompt, prompts, c) if sysp else {}
         rows[name] = {
             "method": preset.method,
             "check": report.check,
+            "prompts": len(prompts),
+            "max_new_tokens": args.max_new_tokens,
             "success": {k: v.success_rate for k, v in c.items()},
+            "success_ci95": {k: wilson(v.success_rate, len(prompts)) for k, v in c.items()},
             "prompt_tokens_system": sysp.prompt_tokens if sysp else None,
             "prompt_tokens_vector": vec.prompt_tokens,
             "prompt_tokens_saved": (sysp.prompt_tokens - vec.prompt_tokens) if sysp else None,
@@ -89,6 +100,10 @@ def main() -> None:
             "ppl_ratio": {k: v.ppl_ratio for k, v in c.items() if k != "mean-difference vector"}
             | ({"mean-difference vector": md_ppl} if base else {}),
             "ppl_ratio_vector": vec.ppl_ratio,
+            "ppl_under_prompt": judged,
+            "ppl_under_prompt_ratio_vector": (
+                judged["vector"] / judged["system prompt"] if judged else None
+            ),
             "neutral_kl": report.neutral_kl,
             "training_card_test_fidelity": card.get("test_fidelity"),
             "training_time_s": card.get("time_s"),
@@ -103,14 +118,34 @@ def main() -> None:
         {
             "benchmark": "template",
             "model": sm.fingerprint.name,
-            "prompts": len(prompts),
-            "max_new_tokens": args.max_new_tokens,
             "machine": machine(),
             "presets": rows,
         },
     )
     plot(rows)
     print(markdown_tables(rows))
+
+
+def under_prompt(sm: SteeredModel, system_prompt: str, prompts: list[str], c: dict) -> dict:
+    """Perplexity of each condition's replies under the model *with* the system prompt: how
+    natural a reply is for the behaviour asked for. The usual ratio (under the unsteered model)
+    counts a French reply's Frenchness as a cost; this one does not."""
+    chats = [
+        [{"role": "system", "content": system_prompt}, {"role": "user", "content": p}]
+        for p in prompts
+    ]
+    return {
+        k: reply_perplexity(sm, chats, [r for _, r, _ in v.samples])
+        for k, v in c.items()
+        if k in ("system prompt", "vector", "mean-difference vector")
+    }
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson interval of a success rate ``p`` measured on ``n`` prompts."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _pct(s: dict, k: str) -> str:
@@ -121,9 +156,10 @@ def markdown_tables(rows: dict) -> str:
     """The README tables: distilled presets side by side with their prompts, then the rest."""
     out = [
         "| preset | success: none / system prompt / mean-diff vector / distilled vector / "
-        "prompt + distilled | fidelity: mean-diff / distilled | ppl ratio: distilled "
-        "| prompt tokens saved | TTFT vector/prompt |",
-        "|---|---|---|---|---|---|",
+        "prompt + distilled | fidelity: mean-diff / distilled | ppl ratio: prompt / distilled "
+        "| ppl under the prompt: distilled / prompt's replies | prompt tokens saved "
+        "| TTFT vector/prompt |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         if r["method"] != "distill":
@@ -132,7 +168,8 @@ def markdown_tables(rows: dict) -> str:
         succ = " / ".join(_pct(s, k) for k in CONDITIONS)
         out.append(
             f"| {name} | {succ} | {r['fidelity_mean_difference']:+.2f} / "
-            f"{r['fidelity_removed']:+.2f} | {r['ppl_ratio_vector']:.2f} | "
+            f"{r['fidelity_removed']:+.2f} | {r['ppl_ratio']['system prompt']:.2f} / "
+            f"{r['ppl_ratio_vector']:.2f} | {r['ppl_under_prompt_ratio_vector']:.2f} | "
             f"{r['prompt_tokens_saved']:.0f} | {r['ttft_ratio_vector_vs_system']:.2f} |"
         )
     out += [
@@ -160,8 +197,6 @@ def markdown_tables(rows: dict) -> str:
 
 def replot() -> None:
     """Redraw template.png from bench/results/template.json."""
-    import json
-
     plot(json.loads((RESULTS / "template.json").read_text())["presets"])
 
 
@@ -176,10 +211,16 @@ def plot(rows: dict) -> None:
     width = 0.16
     for i, cond in enumerate(CONDITIONS):
         vals = [rows[n]["success"].get(cond, 0.0) for n in names]
+        ci = [rows[n].get("success_ci95", {}).get(cond) for n in names]
+        err = [
+            [v - c[0] if c else 0.0 for v, c in zip(vals, ci)],
+            [c[1] - v if c else 0.0 for v, c in zip(vals, ci)],
+        ]
         label = "vector (distilled for the template presets)" if cond == "vector" else cond
-        ax.bar([x + i * width for x in range(len(names))], vals, width, label=label)
+        xs = [x + i * width for x in range(len(names))]
+        ax.bar(xs, vals, width, label=label, yerr=err, capsize=2, error_kw={"lw": 0.7})
     ax.set_xticks([x + 2 * width for x in range(len(names))], names)
-    ax.set_ylabel("behaviour success rate")
+    ax.set_ylabel("behaviour success rate (95 % interval)")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, ncol=3)
     ax.set_title(

@@ -163,3 +163,16 @@ def test_a_nan_loss_fails_and_nothing_is_cached(tmp_path, monkeypatch):
         presets.load_or_extract(tiny, preset, progress=False)
     assert not presets.cache_path(tiny, preset).exists()
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_the_shipped_inputs_keep_training_and_evaluation_apart():
+    """Vectors are built from "train"; the distill test set ("heldout") opens the benchmark's
+    "eval" set; nothing in "eval" is a training message, or repeated."""
+    train, heldout, evaluation = (neutral_inputs(s) for s in ("train", "heldout", "eval"))
+    assert (len(train), len(heldout), len(evaluation)) == (200, 48, 200)
+    assert evaluation[:48] == heldout
+    lowered = [x.lower() for x in train + evaluation]
+    assert len(set(lowered)) == len(lowered)
+    assert neutral_inputs("all") == train + evaluation
+    with pytest.raises(ValueError, match="split"):
+        neutral_inputs("test")
