@@ -8,12 +8,16 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ActsteerError
 
+if TYPE_CHECKING:
+    from .model import SteeredModel
 
-def load_model(args: argparse.Namespace):
+
+def load_model(args: argparse.Namespace) -> SteeredModel:
+    """The model a command runs on: ``--model`` if given, else the embedded SmolLM2."""
     from .model import SteeredModel
 
     if getattr(args, "model", None):
