@@ -112,7 +112,10 @@ def main() -> None:
     ratios, per_round = {}, {}
     for mode in equal:
         a, b = rates[f"vllm_{mode}_steered_mixed"], rates[f"vllm_{mode}_unsteered"]
-        ratios[mode] = medians[f"vllm_{mode}_steered_mixed"]["median"] / summary(b)["median"]
+        ratios[mode] = (
+            medians[f"vllm_{mode}_steered_mixed"]["median"]
+            / medians[f"vllm_{mode}_unsteered"]["median"]
+        )
         per_round[mode] = [x / y for x, y in zip(a, b)]
     data = {
         "machine": machine(),

@@ -30,6 +30,7 @@ from actsteer import extract as ex
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity, reply_perplexity
 from actsteer.evaluate.report import evaluate_preset, run_condition
+from actsteer.teacher import chats
 
 CONDITIONS = (
     "no steering",
@@ -130,12 +131,9 @@ def under_prompt(sm: SteeredModel, system_prompt: str, prompts: list[str], c: di
     """Perplexity of each condition's replies under the model *with* the system prompt: how
     natural a reply is for the behaviour asked for. The usual ratio (under the unsteered model)
     counts a French reply's Frenchness as a cost; this one does not."""
-    chats = [
-        [{"role": "system", "content": system_prompt}, {"role": "user", "content": p}]
-        for p in prompts
-    ]
+    prompted, _ = chats(system_prompt, prompts, template="{input}" in system_prompt)
     return {
-        k: reply_perplexity(sm, chats, [r for _, r, _ in v.samples])
+        k: reply_perplexity(sm, prompted, [r for _, r, _ in v.samples])
         for k, v in c.items()
         if k in ("system prompt", "vector", "mean-difference vector")
     }

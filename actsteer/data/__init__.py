@@ -21,8 +21,8 @@ def neutral_inputs(split: str = "train") -> list[str]:
     """Diverse, neutral user messages (questions, requests, tasks): ``"train"`` (the first 200,
     which build prompt-template and distilled vectors), ``"heldout"`` (the next 48: the test set
     of ``extract.distill``'s training card and of quick evaluations), ``"eval"`` (those 48 and
-    152 more, never used to build or choose anything: the benchmark's 200, enough to tell a
-    5-point difference in success rate from noise better than 48 can) or ``"all"``."""
+    152 more, never used to build or choose anything: the benchmark's 200, whose 95 % interval
+    on a success rate near 25 % is about +-6 points, against +-12 on 48) or ``"all"``."""
     items = list(_load("neutral_inputs.json"))
     if split == "train":
         return items[:TRAIN]
