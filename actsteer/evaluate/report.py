@@ -13,6 +13,7 @@ from .. import worker
 from ..data import neutral_inputs, neutral_texts
 from ..model import SteeredModel
 from ..spec import SteeringLike
+from ..teacher import chats as teacher_chats
 from . import Fidelity, fidelity, kl_divergence, reply_perplexity
 from .checks import get_check, judge
 
@@ -136,12 +137,10 @@ def run_condition(
     """Generate every prompt (one batched generate: the same replies as one by one) and score
     the replies; time the first token and tokens/s on ``timed`` prompts streamed alone."""
     get_check(check)  # an unknown check fails before any work
-    chats = []
-    for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        chats.append(messages)
+    with_prompt, without = teacher_chats(
+        system_prompt or "", prompts, template="{input}" in (system_prompt or "")
+    )
+    chats = with_prompt if system_prompt else without
     gens = sm.generate_batch_detailed(chats, steering, max_new_tokens=max_new_tokens)
     results = [judge(check, g.text, g.finish_reason) for g in gens]
     ttfts, rates = [], []
@@ -164,9 +163,7 @@ def run_condition(
         prompt_tokens=sum(g.prompt_tokens for g in gens) / len(gens),
         ttft_s=sorted(ttfts)[len(ttfts) // 2],
         tokens_per_s=sum(rates) / len(rates),
-        perplexity=reply_perplexity(
-            sm, [[{"role": "user", "content": p}] for p in prompts], replies
-        ),
+        perplexity=reply_perplexity(sm, without, replies),
         ppl_ratio=float("nan"),
         samples=tuple((p, g.text, r.passed) for p, g, r in zip(prompts, gens, results)),
     )
