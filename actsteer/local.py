@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -281,7 +281,7 @@ class LocalEngine:
     ) -> Generation:
         eos = self.sm.eos_token_ids
         kept = _until_eos(new, eos)
-        decoded = self.sm.tokenizer.decode(kept, skip_special_tokens=True)
+        decoded = decode_reply(self.sm.tokenizer, kept)
         text, hit = cut_at_stop(decoded, options.stop)
         ended_on_eos = len(kept) < len(new) and new[len(kept)] in eos
         if hit or ended_on_eos:
@@ -294,8 +294,7 @@ class LocalEngine:
         return Generation(text, prompt_tokens, used, reason, steering, tuple(new[:used]))
 
     def _decode(self, new: Sequence[int]) -> str:
-        kept = _until_eos(new, self.sm.eos_token_ids)
-        return self.sm.tokenizer.decode(kept, skip_special_tokens=True)
+        return decode_reply(self.sm.tokenizer, _until_eos(new, self.sm.eos_token_ids))
 
     # -- streaming (on the caller's thread) -------------------------------------------------
     def _stream(self, job: worker.Job, timeout: float | None) -> Iterator[str | Generation]:
@@ -382,6 +381,14 @@ def _single(job: worker.Job) -> Future:
     outer.add_done_callback(stop)
     job.future.add_done_callback(relay)
     return outer
+
+
+def decode_reply(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The text of reply tokens, without trailing replacement characters: the bytes of a
+    multi-byte character the reply stopped in the middle of (a token cap, a cancel). Hugging
+    Face's ``DecodeStream``, which vLLM's detokenizer uses, never emits those either, so local
+    and served replies agree, and a stream holds them back until they complete."""
+    return tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
 
 
 def _until_eos(new: Sequence[int], eos: Sequence[int]) -> list[int]:

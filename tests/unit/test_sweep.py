@@ -25,7 +25,9 @@ def test_sweep_grid_and_plot(sm, tmp_path):
         check="concise",
         coeffs=(0.0, 1.0, 4.0),
         layer_sets=[[1], [1, 2]],
-        prompts=["hi there", "tell me"],
+        # (on two prompts the strongest setting makes this random model write only unfinished
+        # bytes: no text, so no perplexity)
+        prompts=["hi there", "tell me", "good morning"],
         max_new_tokens=6,
         progress=False,
     )
