@@ -178,10 +178,9 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 def safe_length(text: str, stop: Sequence[str]) -> int:
     """How much of ``text`` can be emitted now: hold back a tail that might start a stop string
-    or an unfinished multi-byte character."""
+    (an unfinished multi-byte character is already left out of ``text``, see
+    ``local.decode_reply``)."""
     n = len(text)
-    while n and text[n - 1] == "\ufffd":
-        n -= 1
     hold = 0
     for s in stop:
         for k in range(min(len(s) - 1, n), 0, -1):

@@ -130,13 +130,13 @@ def main() -> None:
         "steered_outputs_equal_local": equal,
     }
     path = write("serve", data)
-    plot(rates, RESULTS / "serve.png")
+    plot(rates, medians, RESULTS / "serve.png")
     print(f"wrote {path}; steered/unsteered {ratios}; outputs equal to local: {equal}")
     for k, v in medians.items():
         print(f"  {k:34s} {v['median']:7.1f} tok/s")
 
 
-def plot(rates: dict[str, list[float]], path: Path) -> None:
+def plot(rates: dict[str, list[float]], medians: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +145,7 @@ def plot(rates: dict[str, list[float]], path: Path) -> None:
     names = [k.replace("_", " ") for k in rates]
     colours = ["C0" if "steered_mixed" in k else "C7" if "unsteered" in k else "C2" for k in rates]
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.bar(names, [sorted(v)[len(v) // 2] for v in rates.values()], color=colours)
+    ax.bar(names, [medians[k]["median"] for k in rates], color=colours)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     for i, v in enumerate(rates.values()):
         ax.scatter([i] * len(v), v, color="k", s=10, zorder=3)
