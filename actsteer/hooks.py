@@ -104,7 +104,7 @@ class Plan:
                 t = deltas.get(layer)
                 per_row.append(t)
                 strengths.append(strength if t is not None else 0.0)
-            tensor = _stack_rows(per_row, operator)
+            tensor = _stack_rows(per_row, operator, positional=positions == "actadd")
             strength = torch.tensor(strengths, dtype=torch.float32).view(batch, 1, 1)
             op = LayerOp(positions, operator, tensor, strength)
             layers.setdefault(layer, []).append(op)
@@ -147,12 +147,17 @@ class Plan:
         return "\n".join(lines)
 
 
-def _stack_rows(per_row: Sequence[torch.Tensor | None], operator: str) -> torch.Tensor:
+def _stack_rows(
+    per_row: Sequence[torch.Tensor | None], operator: str, *, positional: bool = False
+) -> torch.Tensor:
+    """Rows' tensors as one batch tensor, zeros for rows without: ``(B, H)`` deltas, or
+    ``(B, n, H)`` for ablation bases and ActAdd deltas (a plain vector at ActAdd positions is a
+    one-position delta: it steers each prompt's first token)."""
     present = [t for t in per_row if t is not None]
     hidden = present[0].shape[-1]
     if operator == "ablate":
         per_row = [None if t is None else interventions.orthonormal_basis(t) for t in per_row]
-    if operator == "ablate" or any(t.ndim == 2 for t in present):
+    if operator == "ablate" or positional or any(t.ndim == 2 for t in present):
         n = max(t.reshape(-1, hidden).shape[0] for t in present)
         out = torch.zeros(len(per_row), n, hidden)
         for i, t in enumerate(per_row):

@@ -124,6 +124,17 @@ def test_actadd_positions_touch_only_the_front_of_the_prompt(llama):
     assert batch == [llama.generate(prompt, per_row[0], **GEN), llama.generate("x", **GEN)]
 
 
+def test_a_plain_vector_at_actadd_positions_steers_the_first_prompt_token(llama):
+    v = random_vector(llama, [1], 2.0)
+    one_row = SteeringVector({1: v.directions[1][None, :]})
+    prompt = "a much longer prompt about the sea"
+    plain = llama.hidden_states([prompt], [1])[1][0]
+    steered = llama.hidden_states([prompt], [1], steering=Steering(v, positions="actadd"))[1][0]
+    assert not torch.allclose(plain[:1], steered[:1]) and torch.equal(plain[1:], steered[1:])
+    same = llama.hidden_states([prompt], [1], steering=Steering(one_row, positions="actadd"))
+    assert torch.equal(steered, same[1][0])
+
+
 def test_relative_coefficients_scale_by_layer_norm(llama):
     v = random_vector(llama, [0, 3], 0.01)
     norms = llama.activation_norms()
