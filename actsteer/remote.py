@@ -15,7 +15,7 @@ import dataclasses
 import json
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,7 @@ from .errors import GenerationError, SteeringSpecError
 from .expressions import Expression, parse
 from .generation import Generation
 from .spec import SteeringLike
+from .vector import _span
 
 #: Requests in flight at once from one engine (vLLM batches concurrent requests).
 MAX_IN_FLIGHT = 64
@@ -33,33 +34,59 @@ MAX_IN_FLIGHT = 64
 
 @dataclass(frozen=True)
 class RemoteSteering:
-    """A steering as a remote request carries it: a canonical expression and its options."""
+    """A steering as a remote request carries it: a canonical expression and the ``Steering``
+    options set on it (``None``/``False``: the default)."""
 
     expression: str
     coeff: float | None = None
     positions: str | None = None
+    operator: str | None = None
+    layers: tuple[int, ...] | None = None
+    relative: bool = False
+    force: bool = False
 
     @property
     def is_zero(self) -> bool:
         return self.coeff == 0.0
 
+    @property
+    def plain(self) -> bool:
+        """Only an expression, a coefficient and positions: it merges with other plain ones."""
+        return self.operator in (None, "add") and self.layers is None and not self.relative
+
+    def body(self) -> dict[str, Any]:
+        """The fields that differ from the defaults, as the server's JSON object takes them."""
+        body: dict[str, Any] = {"expression": self.expression}
+        for name in ("coeff", "positions", "operator", "layers", "relative", "force"):
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                body[name] = list(value) if name == "layers" else value
+        return body
+
     def spec(self) -> str:
         """The ``vllm_xargs["actsteer"]`` value: the expression, or JSON when options are set."""
-        if self.coeff is None and self.positions is None:
-            return self.expression
-        body = {"expression": self.expression, "coeff": self.coeff, "positions": self.positions}
-        return json.dumps({k: v for k, v in body.items() if v is not None}, sort_keys=True)
+        body = self.body()
+        return self.expression if len(body) == 1 else json.dumps(body, sort_keys=True)
 
     def describe(self) -> str:
         opts = [f"x{self.coeff:g}"] if self.coeff is not None else []
         opts += [f"positions={self.positions}"] if self.positions else []
+        opts += [f"layers={_span(self.layers)}"] if self.layers else []
+        opts += [f"operator={self.operator}"] if self.operator not in (None, "add") else []
+        opts += [name for name in ("relative", "force") if getattr(self, name)]
         return self.expression + (f" [{', '.join(opts)}]" if opts else "")
 
     def info(self) -> dict[str, Any]:
+        scale = 1.0 if self.operator == "ablate" else (self.coeff or 1.0)
         return {
             "expression": self.describe(),
             "terms": [
-                {"name": t.canonical(), "coeff": t.coeff * (self.coeff or 1.0)}
+                {
+                    "name": t.canonical(),
+                    "coeff": t.coeff * scale,
+                    "positions": self.positions or "all",
+                    "operator": self.operator or "add",
+                }
                 for t in parse(self.expression).terms
             ],
         }
@@ -102,16 +129,27 @@ class RemoteEngine:
         if steering is None:
             return ()
         items = steering if isinstance(steering, list | tuple) else [steering]
-        texts = []
+        texts, out = [], []
         for item in items:
-            if not isinstance(item, str):
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, Mapping):
+                expression, options = resolve.spec_options(item)
+                if coeff is not None:
+                    options["coeff"] = options.get("coeff", 1.0) * coeff
+                if positions is not None:
+                    options["positions"] = positions
+                out.append(RemoteSteering(parse(expression).canonical(), **options))
+            else:
                 raise SteeringSpecError(
                     "a remote engine steers with expressions naming presets or the server's "
-                    f"vector files (file:NAME), not a {type(item).__name__}"
+                    "vector files (file:NAME), or mappings of Steering fields around them, not "
+                    f"a {type(item).__name__}"
                 )
-            texts.append(item)
-        terms = tuple(t for text in texts for t in parse(text).terms)
-        return (RemoteSteering(Expression(terms).canonical(), coeff, positions),)
+        if texts:
+            terms = tuple(t for text in texts for t in parse(text).terms)
+            out.insert(0, RemoteSteering(Expression(terms).canonical(), coeff, positions))
+        return tuple(out)
 
     # -- the Engine protocol ----------------------------------------------------------------
     def generate(
@@ -212,7 +250,7 @@ class RemoteEngine:
         extra: dict[str, Any] = {"return_token_ids": True}
         steering = merged([s for s in request.steering if not s.is_zero])
         if steering is not None:
-            extra["vllm_xargs"] = {"actsteer": steering.spec()}
+            extra["vllm_xargs"] = {"actsteer": steering}
         kwargs["extra_body"] = extra
         chat = not isinstance(request.prompt, str)
         if chat:
@@ -225,22 +263,20 @@ class RemoteEngine:
         return chat, kwargs
 
 
-def merged(steerings: Sequence[RemoteSteering]) -> RemoteSteering | None:
-    """One request's steerings as the one expression a request carries: coefficients folded
-    into the terms; they must agree on positions."""
+def merged(steerings: Sequence[RemoteSteering]) -> str | None:
+    """One request's steerings as the one ``vllm_xargs["actsteer"]`` value it carries: plain
+    steerings at the same positions fold into one expression (coefficients into the terms);
+    anything else goes as a JSON list of their fields."""
     if len(steerings) <= 1:
-        return steerings[0] if steerings else None
-    where = {s.positions for s in steerings}
-    if len(where) > 1:
-        raise SteeringSpecError(
-            f"a remote request steers at one set of positions, got {sorted(map(str, where))}"
-        )
+        return steerings[0].spec() if steerings else None
+    if not all(s.plain for s in steerings) or len({s.positions for s in steerings}) > 1:
+        return json.dumps([s.body() for s in steerings], sort_keys=True)
     terms = tuple(
         dataclasses.replace(t, coeff=t.coeff * (s.coeff if s.coeff is not None else 1.0))
         for s in steerings
         for t in parse(s.expression).terms
     )
-    return RemoteSteering(Expression(terms).canonical(), None, where.pop())
+    return RemoteSteering(Expression(terms).canonical(), None, steerings[0].positions).spec()
 
 
 class _Said:

@@ -8,16 +8,57 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import presets
 from .errors import SteeringSpecError
 from .expressions import parse
-from .spec import POSITIONS, Steering, SteeringLike, Term
+from .spec import OPERATORS, POSITIONS, Steering, SteeringLike, Term
 from .vector import ModelFingerprint, SteeringVector
 
 if TYPE_CHECKING:
     from .model import SteeredModel
+
+
+#: The fields of a steering written as a mapping (a JSON object over HTTP): ``Steering``'s own,
+#: with ``expression`` naming the vectors (``{"expression": "refusal", "operator": "ablate"}``).
+SPEC_FIELDS = ("expression", "coeff", "layers", "positions", "operator", "relative", "force")
+
+
+def spec_options(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A mapping steering, checked: its expression and the ``Steering`` options it sets. The
+    one form that names every option and travels as JSON, so the same value steers in-process
+    and on a server."""
+    unknown = sorted(set(spec) - set(SPEC_FIELDS))
+    if unknown:
+        raise SteeringSpecError(f"unknown steering fields {unknown}; use {list(SPEC_FIELDS)}")
+    expression = spec.get("expression")
+    if not isinstance(expression, str) or not expression.strip():
+        raise SteeringSpecError("a steering mapping needs 'expression', a steering expression")
+    options = {k: spec[k] for k in SPEC_FIELDS[1:] if spec.get(k) is not None}
+    coeff = options.get("coeff")
+    if coeff is not None and (
+        isinstance(coeff, bool) or not isinstance(coeff, int | float) or not math.isfinite(coeff)
+    ):
+        raise SteeringSpecError(f"'coeff' must be a finite number, got {coeff!r}")
+    layers = options.get("layers")
+    if layers is not None and (
+        isinstance(layers, str | bytes | Mapping)
+        or not isinstance(layers, Sequence)
+        or not layers
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
+    ):
+        raise SteeringSpecError(f"'layers' must be a list of non-negative ints, got {layers!r}")
+    if options.get("positions", "all") not in POSITIONS:
+        raise SteeringSpecError(f"unknown positions {options['positions']!r}; use {POSITIONS}")
+    if options.get("operator", "add") not in OPERATORS:
+        raise SteeringSpecError(f"unknown operator {options['operator']!r}; use {OPERATORS}")
+    for flag in ("relative", "force"):
+        if not isinstance(options.get(flag, False), bool):
+            raise SteeringSpecError(f"'{flag}' must be true or false, got {options[flag]!r}")
+    if "layers" in options:
+        options["layers"] = tuple(options["layers"])
+    return expression, options
 
 
 def check(steering: object, *, coeff: object = None, positions: object = None) -> None:
@@ -30,13 +71,15 @@ def check(steering: object, *, coeff: object = None, positions: object = None) -
         for term in parse(steering).terms:
             if not term.is_file:
                 presets.get(term.source)
+    elif isinstance(steering, Mapping):
+        check(spec_options(steering)[0])
     elif isinstance(steering, list | tuple):
         for item in steering:
             check(item)
     else:
         raise SteeringSpecError(
             f"cannot steer with a {type(steering).__name__}; use an expression string, a "
-            "SteeringVector, a Steering, a list of them, or None"
+            "mapping of Steering fields, a SteeringVector, a Steering, a list of them, or None"
         )
     if coeff is not None and (
         isinstance(coeff, bool) or not isinstance(coeff, int | float) or not math.isfinite(coeff)
@@ -85,11 +128,14 @@ def _resolve(sm: SteeredModel, steering: SteeringLike) -> tuple[Steering, ...]:
         return (Steering(steering, positions=where),)
     if isinstance(steering, str):
         return _expression(sm, steering)
+    if isinstance(steering, Mapping):
+        expression, options = spec_options(steering)
+        return tuple(s.with_options(**options) for s in _expression(sm, expression))
     if isinstance(steering, Sequence):
         return tuple(s for item in steering for s in _resolve(sm, item))
     raise SteeringSpecError(
-        f"cannot steer with a {type(steering).__name__}; pass a SteeringVector, a Steering, "
-        "a list of them, or None"
+        f"cannot steer with a {type(steering).__name__}; pass an expression, a mapping of "
+        "Steering fields, a SteeringVector, a Steering, a list of them, or None"
     )
 
 

@@ -267,7 +267,17 @@ def steering_info(steerings: Sequence[Steering]) -> dict[str, object]:
     }
 
 
-SteeringLike = SteeringVector | Steering | str | Sequence[SteeringVector | Steering | str] | None
+SteeringLike = (
+    SteeringVector
+    | Steering
+    | str
+    | Mapping[str, object]
+    | Sequence[SteeringVector | Steering | str | Mapping[str, object]]
+    | None
+)
+"""Every steering form: a vector, a ``Steering``, an expression (``"json:4 - formal"``), a
+mapping of ``Steering`` fields naming its vectors by expression (``{"expression": "refusal",
+"operator": "ablate"}``, the form that also travels to a server), or a list of them."""
 
 
 def _iter_terms(x: object) -> Iterable[object]:

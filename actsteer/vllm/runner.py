@@ -10,6 +10,11 @@ two patches that arm them (private seams of vLLM 0.32: hence the pinned version)
   prompt token, the others are generated. That holds under chunked prefill and with the prefix
   cache (whose reused tokens are not recomputed; the cache salt keeps a steered request from
   reusing an unsteered prefix, see ``frontend``).
+* Steering other than plain addition (ablation, norm-preserving addition, ActAdd positions)
+  runs the local hooks' own operators (``hooks.LayerOp``) on each such request's rows of the
+  residual stream ``hidden + residual``, and hands the result on as ``(0, stream)``: the next
+  layer's fused add then reads exactly that stream. In compiled mode this step is the custom op
+  ``actsteer::apply_ops``, opaque to the tracer, so it reads each step's requests in Python.
 * Distinct steerings live in a bounded table (``MAX_SLOTS`` rows per layer, slot 0 is zero);
   the least recently used entry not needed by the current step is evicted.
 * Compiled mode (torch.compile, vLLM's default): the tables and the token map are buffers of
@@ -24,11 +29,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import hooks
 from .served import XARG, Compiled, ServedModel, compile_spec
 
 #: Distinct steerings held at once (two table rows each: prompt and generated deltas).
@@ -64,7 +71,13 @@ class Steerer:
             self.tables.append(table)
             layer.register_forward_hook(self._hook(index))
         self.active_layers: set[int] = set()
-        self.entries: collections.OrderedDict[str, tuple[int, Compiled]] = collections.OrderedDict()
+        self.entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
+        # this step's requests steered by operators other than addition: their token rows,
+        # plan and position masks; and the layers where they act
+        self.ops: list[tuple[int, int, hooks.Plan, hooks.CallState]] = []
+        self.ops_layers: set[int] = set()
+        global _STEERER
+        _STEERER = self
 
     def _hook(self, layer: int):
         always = self.always
@@ -72,26 +85,58 @@ class Steerer:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             if not always and not (self.live and layer in self.active_layers):
                 return None
+            pair = isinstance(output, tuple) and len(output) > 1
             hidden = output[0] if isinstance(output, tuple) else output
             rows = module.actsteer_rows[: hidden.shape[0]]
             hidden = hidden + module.actsteer_table.index_select(0, rows)
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            residual = output[1] if pair else torch.zeros_like(hidden)
+            if always:  # traced: the operators run in an op the tracer does not look into
+                torch.ops.actsteer.apply_ops(hidden, residual, layer)
+            elif layer in self.ops_layers:
+                residual = residual.clone()  # vLLM may still hold it; ``hidden`` is ours
+                self.apply_ops(hidden, residual, layer)
+            if not pair:
+                hidden = hidden + residual  # a layer that returns the stream itself
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            return (hidden, residual, *output[2:])
 
         return hook
+
+    def apply_ops(self, hidden: torch.Tensor, residual: torch.Tensor, layer: int) -> None:
+        """Run this step's non-additive steering at ``layer``, in place: each such request's
+        rows of the stream ``hidden + residual`` go through the local hooks' operators (in
+        their order), and the result is left in ``residual`` with ``hidden`` zeroed."""
+        for start, end, plan, state in self.ops:
+            layer_ops = plan.layers.get(layer)
+            if not layer_ops:
+                continue
+            stream = (hidden[start:end] + residual[start:end]).unsqueeze(0)
+            for op in layer_ops:
+                stream = op.apply(stream, state)
+            residual[start:end] = stream[0]
+            hidden[start:end] = 0
 
     def slot(self, spec: str, keep: set[int]) -> int:
         """The table slot of ``spec`` (compiled and written on first use)."""
         if spec in self.entries:
             self.entries.move_to_end(spec)
-            return self.entries[spec][0]
+            return self.entries[spec].slot
         compiled = compile_spec(self.served, spec)
-        used = {s for s, _ in self.entries.values()}
+        plan = None
+        if compiled.row is not None:
+            built = hooks.Plan.build([compiled.row], starts=torch.zeros(1, dtype=torch.long))
+            assert built is not None  # a row with operators has tensors
+            layers = built.layers
+            plan = built.to(
+                {layer: self.device for layer in layers}, {layer: self.dtype for layer in layers}
+            )
+        used = {e.slot for e in self.entries.values()}
         free = next((s for s in range(1, MAX_SLOTS + 1) if s not in used), None)
         if free is None:
-            victim = next((k for k, (s, _) in self.entries.items() if s not in keep), None)
+            victim = next((k for k, e in self.entries.items() if e.slot not in keep), None)
             if victim is None:
                 raise RuntimeError(f"more than {MAX_SLOTS} distinct steerings in one step")
-            free = self.entries.pop(victim)[0]
+            free = self.entries.pop(victim).slot
         for table in self.tables:
             table[2 * free - 1].zero_()
             table[2 * free].zero_()
@@ -99,16 +144,12 @@ class Steerer:
             self.tables[layer][2 * free - 1] = d.to(self.device, self.dtype)
         for layer, d in compiled.generated.items():
             self.tables[layer][2 * free] = d.to(self.device, self.dtype)
-        self.entries[spec] = (free, compiled)
+        self.entries[spec] = Entry(free, compiled, plan)
         self._refresh_layers()
         return free
 
     def _refresh_layers(self) -> None:
-        self.active_layers = {
-            layer
-            for _, c in self.entries.values()
-            for layer in (*c.prompt.keys(), *c.generated.keys())
-        }
+        self.active_layers = {layer for e in self.entries.values() for layer in e.compiled.layers}
 
     def prepare_step(self, runner: Any, num_scheduled_tokens: Any) -> None:
         """Fill the token map for the step ``runner`` has just prepared."""
@@ -120,20 +161,30 @@ class Steerer:
             params = state.sampling_params
             extra = (params.extra_args or {}) if params is not None else {}
             specs.append((i, state, extra.get(XARG)))
+        self.ops, self.ops_layers = [], set()
         if all(spec is None for _, _, spec in specs):
             self.live = False
             self._write(None)
             return
         keep: set[int] = set()
         pieces = []
+        row = 0
         for i, state, spec in specs:
             n = int(num_scheduled_tokens[i])
+            row, first = row + n, row
             if spec is None:
                 pieces.append(torch.zeros(n, dtype=torch.long))
                 continue
             slot = self.slot(spec, keep)
             keep.add(slot)
             start = int(batch.num_computed_tokens_cpu[i])
+            plan = self.entries[spec].plan
+            if plan is not None:  # its table rows are zero: the operators do it all
+                masks = hooks.CallState(plan)
+                masks.prompt_len = int(state.num_prompt_tokens)
+                masks.begin_chunk(1, n, start, torch.ones(1, n, dtype=torch.bool))
+                self.ops.append((first, row, plan, masks))
+                self.ops_layers.update(plan.layers)
             positions = torch.arange(start, start + n)
             prompt = positions < int(state.num_prompt_tokens)
             pieces.append(torch.where(prompt, 2 * slot - 1, 2 * slot))
@@ -151,6 +202,33 @@ class Steerer:
         if rows is not None:
             self.rows[:total].copy_(rows)
         self.filled = total
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A steering in the table: its slot, its compiled deltas and, for operators other than
+    addition, the local hooks' plan of them."""
+
+    slot: int
+    compiled: Compiled
+    plan: hooks.Plan | None
+
+
+#: The ``Steerer`` of this process's model runner, for the ``actsteer::apply_ops`` op.
+_STEERER: Steerer | None = None
+
+
+@torch.library.custom_op("actsteer::apply_ops", mutates_args=("hidden", "residual"))
+def _apply_ops(hidden: torch.Tensor, residual: torch.Tensor, layer: int) -> None:
+    """The operators of the current step at ``layer`` (a no-op when it has none)."""
+    steerer = _STEERER
+    if steerer is not None and layer in steerer.ops_layers:
+        steerer.apply_ops(hidden, residual, layer)
+
+
+@_apply_ops.register_fake
+def _(hidden: torch.Tensor, residual: torch.Tensor, layer: int) -> None:
+    return None
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

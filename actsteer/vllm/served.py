@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,15 +21,16 @@ from typing import Any
 
 import torch
 
-from .. import combine, resolve
+from .. import combine, hooks, resolve
 from ..errors import SteeringSpecError
 from ..expressions import Expression, parse
-from ..spec import POSITIONS
 from ..vector import ModelFingerprint
 
 BUNDLE_ENV = "ACTSTEER_SERVE_BUNDLE"
 #: The per-request key in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP).
 XARG = "actsteer"
+#: Steerings in one request's JSON list, at most.
+MAX_SPECS = 16
 
 
 class ServedModel:
@@ -81,36 +81,48 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class Compiled:
-    """A request's steering as two delta sets: for its prompt tokens and its generated ones."""
+    """A request's steering. Plain additions are two delta sets, for its prompt tokens and its
+    generated ones (the runner's fast path: one table row per token); anything else (ablation,
+    norm-preserving addition, ActAdd positions) is the local engine's row spec, ``row``, which
+    the runner applies with the local hooks' own operators."""
 
     key: str
     prompt: dict[int, torch.Tensor]
     generated: dict[int, torch.Tensor]
+    row: hooks.RowSpec | None = None
+
+    @property
+    def layers(self) -> set[int]:
+        if self.row is not None:
+            return {layer for deltas, _ in self.row.values() for layer in deltas}
+        return {*self.prompt, *self.generated}
 
 
-def parse_spec(value: object) -> tuple[str, float | None, str | None]:
-    """``extra_args["actsteer"]``: an expression (``"json:4 - formal"``), or a JSON object with
-    ``expression`` and optional ``coeff`` and ``positions`` (the ``Steering`` fields)."""
+def parse_spec(value: object) -> list[dict[str, Any]]:
+    """``extra_args["actsteer"]``: an expression (``"json:4 - formal"``), a JSON object of
+    ``Steering`` fields (``{"expression": "refusal", "operator": "ablate"}``, see
+    ``resolve.SPEC_FIELDS``) or a JSON list of them, as the steerings of one call. Returns each
+    as a mapping with its expression in canonical form."""
     if not isinstance(value, str) or not value.strip():
-        raise SteeringSpecError(f"{XARG} must be a steering expression or a JSON object")
+        raise SteeringSpecError(f"{XARG} must be a steering expression or JSON")
     text = value.strip()
-    if not text.startswith("{"):
-        return text, None, None
+    if text[0] not in "{[":
+        return [{"expression": parse(text).canonical()}]
     try:
-        spec = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SteeringSpecError(f"{XARG}: not valid JSON ({exc.msg})") from exc
-    unknown = set(spec) - {"expression", "coeff", "positions"}
-    if unknown:
-        raise SteeringSpecError(f"{XARG}: unknown fields {sorted(unknown)}")
-    expression, coeff, positions = spec.get("expression"), spec.get("coeff"), spec.get("positions")
-    if not isinstance(expression, str):
-        raise SteeringSpecError(f"{XARG}: 'expression' must be a string")
-    if coeff is not None and not (isinstance(coeff, int | float) and math.isfinite(coeff)):
-        raise SteeringSpecError(f"{XARG}: 'coeff' must be a finite number")
-    if positions is not None and positions not in POSITIONS:
-        raise SteeringSpecError(f"{XARG}: unknown positions {positions!r}")
-    return expression, coeff, positions
+    items = data if isinstance(data, list) else [data]
+    if not items or len(items) > MAX_SPECS:
+        raise SteeringSpecError(f"{XARG}: a list of 1 to {MAX_SPECS} steerings")
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise SteeringSpecError(f"{XARG}: each steering is a JSON object")
+        expression, options = resolve.spec_options(item)
+        canonical = {"expression": parse(expression).canonical(), **options}
+        out.append({k: list(v) if isinstance(v, tuple) else v for k, v in canonical.items()})
+    return out
 
 
 def server_files(model: ServedModel, expression: str) -> str:
@@ -138,21 +150,23 @@ def server_files(model: ServedModel, expression: str) -> str:
 
 def compile_spec(model: ServedModel, value: object) -> Compiled:
     """Resolve and combine a request's steering exactly as the local engine does."""
-    expression, coeff, positions = parse_spec(value)
-    local = server_files(model, expression)
-    steerings = resolve.resolve(model, local, coeff=coeff, positions=positions)  # type: ignore[arg-type]
+    specs = parse_spec(value)
+    steerings = [
+        s
+        for spec in specs
+        for s in resolve.resolve(
+            model,  # type: ignore[arg-type]
+            {**spec, "expression": server_files(model, spec["expression"])},
+        )
+    ]
     row, _ = combine.compile_row(steerings, model.fingerprint, model.activation_norms())
-    by_positions: dict[str, dict[int, torch.Tensor]] = {}
-    for (where, operator), (deltas, _) in row.items():
-        if operator != "add" or where == "actadd":
-            raise SteeringSpecError(
-                f"the vLLM backend steers with plain additions; {operator!r} at {where!r} "
-                "positions is only available in-process"
-            )
-        by_positions[where] = dict(deltas)
+    key = json.dumps(specs, sort_keys=True)
+    if any(operator != "add" or where == "actadd" for where, operator in row):
+        return Compiled(key, {}, {}, row)
+    by_positions = {where: dict(deltas) for (where, _), (deltas, _) in row.items()}
     prompt = _sum(by_positions.get("all", {}), by_positions.get("prompt", {}))
     generated = _sum(by_positions.get("all", {}), by_positions.get("generated", {}))
-    return Compiled(json.dumps([expression, coeff, positions]), prompt, generated)
+    return Compiled(key, prompt, generated)
 
 
 def _sum(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import build_tiny, random_vector
 
-from actsteer import Steering, SteeringSpecError, combine
+from actsteer import CoefficientError, Steering, SteeringSpecError, SteeringVector, combine
 from actsteer.remote import RemoteEngine, RemoteSteering, merged
 from actsteer.vllm.bundle import write_bundle
 from actsteer.vllm.served import ServedModel, compile_spec, parse_spec
@@ -21,14 +21,29 @@ def sm():
 
 
 def test_spec_forms_and_their_errors():
-    assert parse_spec("love:2 - formal") == ("love:2 - formal", None, None)
+    assert parse_spec("love:2 -formal") == [{"expression": "love:2 - formal"}]
     spec = json.dumps({"expression": "dogs", "coeff": 0.5, "positions": "generated"})
-    assert parse_spec(spec) == ("dogs", 0.5, "generated")
-    for bad in ("", 3, '{"expression": 3}', '{"expression": "x", "colour": 1}', "{oops"):
-        with pytest.raises(SteeringSpecError):
-            parse_spec(bad)
-    with pytest.raises(SteeringSpecError, match="positions"):
-        parse_spec('{"expression": "dogs", "positions": "middle"}')
+    assert parse_spec(spec) == [{"expression": "dogs", "coeff": 0.5, "positions": "generated"}]
+    both = [{"expression": "dogs", "layers": [1, 2]}, {"expression": "x", "operator": "ablate"}]
+    assert parse_spec(json.dumps(both)) == both
+    bad = {
+        "": "expression",
+        3: "expression",
+        "{oops": "not valid JSON",
+        "[]": "a list of 1",
+        '["dogs"]': "JSON object",
+        '{"expression": 3}': "needs 'expression'",
+        '{"expression": "x", "colour": 1}': "unknown steering fields",
+        '{"expression": "dogs", "positions": "middle"}': "unknown positions",
+        '{"expression": "dogs", "operator": "multiply"}': "unknown operator",
+        '{"expression": "dogs", "layers": [-1]}': "non-negative ints",
+        '{"expression": "dogs", "layers": "3"}': "non-negative ints",
+        '{"expression": "dogs", "coeff": "2"}': "finite number",
+        '{"expression": "dogs", "relative": 1}': "true or false",
+    }
+    for value, why in bad.items():
+        with pytest.raises(SteeringSpecError, match=why):
+            parse_spec(value)
 
 
 def test_served_deltas_are_the_local_engines(sm, tmp_path):
@@ -48,9 +63,18 @@ def test_served_deltas_are_the_local_engines(sm, tmp_path):
     assert got.prompt == {}
     assert set(got.generated) == set(want)
     assert all(torch.equal(got.generated[k], want[k]) for k in want)
-    actadd = json.dumps({"expression": "file:mine", "positions": "actadd"})
-    with pytest.raises(SteeringSpecError, match="only available in-process"):
-        compile_spec(served, actadd)
+    assert got.row is None  # plain additions: the runner's table
+    for options in ({"positions": "actadd"}, {"operator": "ablate"}):
+        spec = json.dumps({"expression": "file:mine", **options})
+        ops = compile_spec(served, spec)
+        local = (Steering(vec).with_options(**options),)
+        want_row, _ = combine.compile_row(local, sm.fingerprint, sm.activation_norms())
+        assert ops.prompt == ops.generated == {} and ops.row.keys() == want_row.keys()
+        assert ops.layers == {1, 2}
+    with pytest.raises(CoefficientError, match="ablation strength"):
+        compile_spec(
+            served, json.dumps({"expression": "file:mine", "operator": "ablate", "coeff": 3})
+        )
     for bad, why in (("file:/etc/x", "name a vector"), ("file:../x", "name a vector")):
         with pytest.raises(SteeringSpecError, match=why):
             compile_spec(served, bad)
@@ -67,9 +91,21 @@ def test_remote_resolve_checks_on_the_client_and_sends_expressions():
     with pytest.raises(SteeringSpecError, match="did you mean"):
         engine.resolve("jsno")
     both = merged([*engine.resolve("dogs", coeff=2.0), *engine.resolve("json")])
-    assert both == RemoteSteering("dogs:2 + json", None, None)
-    with pytest.raises(SteeringSpecError, match="one set of positions"):
-        merged([*engine.resolve("dogs", positions="generated"), *engine.resolve("json")])
+    assert both == "dogs:2 + json"
+    apart = merged([*engine.resolve("dogs", positions="generated"), *engine.resolve("json")])
+    assert json.loads(apart) == [
+        {"expression": "dogs", "positions": "generated"},
+        {"expression": "json"},
+    ]
+    (ablate,) = engine.resolve({"expression": "dogs", "operator": "ablate", "layers": [3, 4]})
+    assert json.loads(ablate.spec()) == {
+        "expression": "dogs",
+        "layers": [3, 4],
+        "operator": "ablate",
+    }
+    assert ablate.describe() == "dogs [layers=3,4, operator=ablate]"
+    with pytest.raises(SteeringSpecError, match="unknown operator"):
+        engine.resolve({"expression": "dogs", "operator": "multiply"})
     with pytest.raises(SteeringSpecError, match="not a SteeringVector"):
         engine.resolve(random_vector(build_tiny("llama", seed=5), [1]))
 
@@ -160,3 +196,92 @@ def test_a_compiled_graph_reads_each_steps_map_without_recompiling(steerer_parts
         out = compiled(torch.zeros(5, hidden))
         torch.testing.assert_close(out[0], total_generated)
         assert torch.equal(out[1:], torch.zeros(4, hidden))
+
+
+class _PairLayers(torch.nn.Module):
+    """vLLM's layer convention: each layer takes and returns ``(hidden, residual)``, the stream
+    being their sum (``residual`` is None into the first layer); here the stream grows by
+    ``tanh(stream @ w)`` per layer, and the model returns the final stream."""
+
+    def __init__(self, n: int, hidden: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = [torch.randn(hidden, hidden, generator=g) / hidden**0.5 for _ in range(n)]
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList(_Pair(w) for w in self.w)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        residual = None
+        for layer in self.model.layers:
+            hidden, residual = layer(hidden, residual)
+        return hidden + residual
+
+
+class _Pair(torch.nn.Module):
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("w", w)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        stream = hidden if residual is None else hidden + residual
+        return torch.tanh(stream @ self.w), stream
+
+
+def _expected(model: _PairLayers, x: torch.Tensor, steer) -> torch.Tensor:
+    """The stream computed directly, with ``steer(layer, stream)`` after every layer."""
+    for layer, w in enumerate(model.w):
+        x = steer(layer, x + torch.tanh(x @ w))
+    return x
+
+
+@pytest.mark.parametrize("always", [False, True], ids=["eager", "compiled"])
+def test_the_runner_applies_ablation_norm_preserving_and_actadd_to_its_requests_rows(
+    steerer_parts, always
+):
+    """One step of four requests: ablation then addition (a list of two steerings), a
+    norm-preserving addition on generated tokens, a plain vector at ActAdd positions (a prompt
+    in its first chunk and one in a later chunk), and an unsteered request. Each request's rows
+    get exactly its own operators, in the local hooks' order, on the stream ``hidden +
+    residual``; an unsteered row is bit-identical to an unsteered step."""
+    Steerer, served, _ = steerer_parts
+    vec = SteeringVector.load(served.vectors / "mine.safetensors")
+    d = {layer: vec.directions[layer] for layer in (1, 2)}
+    q = {layer: v / v.norm() for layer, v in d.items()}
+    ablate_then_add = json.dumps(
+        [{"expression": "file:mine", "operator": "ablate"}, {"expression": "file:mine:0.5"}]
+    )
+    norm_kept = json.dumps(
+        {"expression": "file:mine:2", "operator": "add_norm_preserving", "positions": "generated"}
+    )
+    actadd = json.dumps({"expression": "file:mine", "positions": "actadd"})
+    requests = [(ablate_then_add, 4, 0), (norm_kept, 3, 2), (actadd, 5, 0), (None, 3, 0)]
+    requests += [(actadd, 6, 4)]  # its first tokens were computed in an earlier step
+    counts = [2, 2, 3, 2, 2]  # rows 0-1 | 2 (prompt), 3 (generated) | 4-6 | 7-8 | 9-10
+    model = _PairLayers(served.num_layers, served.hidden_size)
+    steerer = Steerer(model, served, max_tokens=16, always=always)
+    run = torch.compile(model, backend="aot_eager", fullgraph=True) if always else model
+    x = torch.randn(11, served.hidden_size, generator=torch.Generator().manual_seed(3))
+    steerer.prepare_step(_runner([(None, 4, 0)] * 5), counts)
+    plain = run(x)
+    steerer.prepare_step(_runner(requests), counts)
+    got = run(x)
+
+    def steer(layer: int, s: torch.Tensor) -> torch.Tensor:
+        if layer not in d:
+            return s
+        s = s.clone()
+        a = s[0:2]
+        s[0:2] = a - (a @ q[layer])[:, None] * q[layer] + 0.5 * d[layer]
+        g = s[3]
+        s[3] = (g + 2 * d[layer]) * g.norm() / (g + 2 * d[layer]).norm()
+        s[4] = s[4] + d[layer]  # absolute position 0 of its prompt: the ActAdd position
+        return s
+
+    torch.testing.assert_close(got, _expected(model, x, steer))
+    assert torch.equal(got[7:9], plain[7:9])  # unsteered: untouched
+    assert torch.equal(got[[2, 5, 6, 9, 10]], plain[[2, 5, 6, 9, 10]])  # outside their positions
+    assert not torch.allclose(got[[0, 1, 3, 4]], plain[[0, 1, 3, 4]])
+    steerer.prepare_step(_runner([(None, 4, 4)] * 5), [1] * 5)  # the next step: none left
+    assert steerer.ops == []
+    torch.testing.assert_close(run(x[:5]), _expected(model, x[:5], lambda layer, s: s))

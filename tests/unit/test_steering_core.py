@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import MORE_CONFIGS, build_tiny, random_vector
 
-from actsteer import Steering, SteeringVector
+from actsteer import Steering, SteeringSpecError, SteeringVector
 from actsteer.hooks import current_state
 
 PROMPTS = ["hello world", "a much longer prompt about the sea", "x", "tell me more"]
@@ -220,3 +220,29 @@ def test_shared_returns_one_model_per_id(monkeypatch):
     assert SteeredModel.shared("a/b") is SteeredModel.shared("a/b")
     SteeredModel.shared("a/b", dtype="bfloat16")
     assert built == ["a/b", "a/b"]
+
+
+def test_a_mapping_of_steering_fields_steers_as_the_steering_it_names(llama, tmp_path):
+    """``{"expression": ..., **Steering options}``: the form that also travels to a server."""
+    v = random_vector(llama, [1, 2], 1.0)
+    v.save(tmp_path / "v.safetensors")
+    path = f"file:{tmp_path / 'v.safetensors'}"
+    cases = [
+        ({"operator": "ablate", "coeff": 0.5}, Steering(v, 0.5, operator="ablate")),
+        (
+            {"coeff": 2, "layers": [2], "positions": "generated"},
+            Steering(v, 2, layers=[2], positions="generated"),
+        ),
+        (
+            {"operator": "add_norm_preserving", "relative": True},
+            Steering(v, operator="add_norm_preserving", relative=True),
+        ),
+    ]
+    for options, want in cases:
+        (got,) = llama.engine.resolve({"expression": path, **options})
+        assert got.describe().split(" [")[1] == want.describe().split(" [")[1]
+        assert llama.generate("hello world", {"expression": path, **options}, **GEN) == (
+            llama.generate("hello world", want, **GEN)
+        )
+    with pytest.raises(SteeringSpecError, match="needs 'expression'"):
+        llama.generate("hello world", {"operator": "ablate"}, **GEN)

@@ -196,7 +196,9 @@ def test_model_checks_on_apply(sm):
         sm.generate("hi", max_new_tokens=0)
     with pytest.raises(SteeringSpecError, match="2 steering specs for 3 prompts"):
         sm.generate_batch(["a", "b", "c"], [None, None])
-    with pytest.raises(SteeringSpecError, match="cannot steer with a dict"):
+    with pytest.raises(SteeringSpecError, match="cannot steer with a set"):
+        sm.generate("hi", {1})  # type: ignore[arg-type]
+    with pytest.raises(SteeringSpecError, match=r"unknown steering fields \['x'\]"):
         sm.generate("hi", {"x": 1})  # type: ignore[arg-type]
 
 

@@ -35,6 +35,27 @@ QUESTIONS = [
     "Give me a tip for sleeping well.",
 ]
 GEN = GenerationOptions(max_new_tokens=16)
+#: Steering beyond plain addition, as mappings of ``Steering`` fields (``file:`` names the
+#: server's vectors folder; ``local`` points them at the same files for in-process runs).
+OPERATORS = [
+    {"expression": "love", "operator": "ablate"},
+    {"expression": "love:2", "operator": "add_norm_preserving"},
+    {"expression": "dogs:4", "positions": "actadd"},
+    {"expression": "file:mine:8", "positions": "actadd"},
+    [{"expression": "formal", "operator": "ablate", "coeff": 2.0}, "dogs"],
+]
+
+
+def local(setting, vectors: Path):
+    """``setting`` with each ``file:NAME`` as the path of that vector in ``vectors``."""
+    if isinstance(setting, list):
+        return [local(s, vectors) for s in setting]
+    if isinstance(setting, dict):
+        return {**setting, "expression": local(setting["expression"], vectors)}
+    if isinstance(setting, str) and "file:" in setting:
+        name = setting.split("file:")[1].split(":")[0]
+        return setting.replace(f"file:{name}", f"file:{vectors / name}.safetensors")
+    return setting
 
 
 def chat(q: str) -> list[dict[str, str]]:
@@ -64,6 +85,23 @@ def test_single_requests_equal_local(engine, real, vectors):
         want = mine if s == "file:mine:2" else s
         assert [g.token_ids for g in got] == local_ids(real, prompts, [want] * 3), s
         assert all(g.completion_tokens == len(g.token_ids) for g in got)
+
+
+def test_ablation_norm_preserving_and_actadd_equal_local(engine, real, vectors):
+    """Operators other than addition run the local hooks' own code on the server's stream:
+    single requests, and all of them at once in a batch beside plain and unsteered rows."""
+    prompts = [chat(q) for q in QUESTIONS[:2]] + ["I think my neighbour is"]
+    plain = local_ids(real, prompts, [None] * 3)
+    for s in OPERATORS:
+        got = [engine.generate([Request(p, engine.resolve(s), GEN)])[0] for p in prompts]
+        want = local_ids(real, prompts, [local(s, vectors)] * 3)
+        assert [g.token_ids for g in got] == want, s
+        assert want != plain, s  # each one steers
+    rows = [(chat(q), [*OPERATORS, "love:2", None][i % 7]) for i, q in enumerate(QUESTIONS)]
+    rows += [(chat(q), OPERATORS[(i + 2) % 5]) for i, q in enumerate(QUESTIONS)]
+    futures = engine.submit([Request(p, engine.resolve(s), GEN) for p, s in rows])
+    want = [local_ids(real, [p], [local(s, vectors)])[0] for p, s in rows]
+    assert [f.result().token_ids for f in futures] == want
 
 
 def test_a_mixed_batch_with_early_finishers_equals_local(engine, real):
@@ -176,13 +214,14 @@ def test_a_compiled_server_steers_like_in_process(vllm_python, vectors, real, tm
         assert "steering armed on 30 layers (compiled)" in text and "AOT compiled" in text
         engine = remote_engine(running.url, MODEL)
         prompts = [chat(q) for q in QUESTIONS[:2]] + ["I think my neighbour is"]
-        for s in SETTINGS:
+        for s in [*SETTINGS, *OPERATORS]:
             got = [engine.generate([Request(p, engine.resolve(s), GEN)])[0] for p in prompts]
-            assert [g.token_ids for g in got] == local_ids(real, prompts, [s] * 3), s
+            want = local_ids(real, prompts, [local(s, vectors)] * 3)
+            assert [g.token_ids for g in got] == want, s
         rows = [(chat(q), SETTINGS[i % 5]) for i, q in enumerate(QUESTIONS)]
-        rows += [(chat(q), SETTINGS[(i + 3) % 5]) for i, q in enumerate(QUESTIONS)]
+        rows += [(chat(q), OPERATORS[(i + 3) % 5]) for i, q in enumerate(QUESTIONS)]
         futures = engine.submit([Request(p, engine.resolve(s), GEN) for p, s in rows])
-        want = local_ids(real, [p for p, _ in rows], [s for _, s in rows])
+        want = [local_ids(real, [p], [local(s, vectors)])[0] for p, s in rows]
         assert [f.result().token_ids for f in futures] == want
     finally:
         running.stop()
