@@ -2,6 +2,8 @@
 steering, 64 new tokens each, three ways, rounds interleaved, for an eager and then a compiled
 (torch.compile) server:
   (a) vLLM with the actsteer plugin, mixed steering (None, love:2, dogs, french in turn)
+  (a') the same server and requests, steered with operators other than addition (None, ablate
+      love, love:2 norm-preserving, dogs:4 at ActAdd positions in turn): the plugin's Python path
   (b) the same vLLM server, the same 64 requests unsteered (the plugin's cost is (a) vs (b))
   (c) in-process ``ChatSteer.batch`` of the mixed requests, per-row steering through
       ``configurable_fields`` (this process, 2 torch threads)
@@ -33,6 +35,12 @@ from langchain_steer import ChatSteer
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = [None, "love:2", "dogs", "french"]
+OPERATORS = [
+    None,
+    {"expression": "love", "operator": "ablate"},
+    {"expression": "love:2", "operator": "add_norm_preserving"},
+    {"expression": "dogs:4", "positions": "actadd"},
+]
 
 
 #: vLLM options of each server mode (greedy fp32 output equals in-process actsteer's).
@@ -51,6 +59,7 @@ def main() -> None:
     pool = neutral_inputs("heldout")
     questions = [pool[i % len(pool)] for i in range(args.requests)]
     steerings = [SETTINGS[i % len(SETTINGS)] for i in range(args.requests)]
+    operated = [OPERATORS[i % len(OPERATORS)] for i in range(args.requests)]
     chats = [[{"role": "user", "content": q}] for q in questions]
     options = GenerationOptions(max_new_tokens=args.tokens)
     sm = SteeredModel.default()
@@ -64,9 +73,15 @@ def main() -> None:
         msgs = knob.batch(questions, configs)
         return sum(m.usage_metadata["output_tokens"] for m in msgs)
 
-    reference = sm.engine.generate(
-        [Request(c, sm.resolve(s), options) for c, s in zip(chats, steerings)]
-    )
+    reference = {
+        name: [
+            g.token_ids
+            for g in sm.engine.generate(
+                [Request(c, sm.resolve(s), options) for c, s in zip(chats, mix)]
+            )
+        ]
+        for name, mix in (("steered", steerings), ("operators", operated))
+    }
     rates: dict[str, list[float]] = {}
     equal: dict[str, bool] = {}
     for mode in args.modes.split(","):
@@ -75,6 +90,7 @@ def main() -> None:
         try:
             engine = RemoteEngine(server.url, sm.fingerprint.name)
             steered = [Request(c, engine.resolve(s), options) for c, s in zip(chats, steerings)]
+            ops = [Request(c, engine.resolve(s), options) for c, s in zip(chats, operated)]
             plain = [Request(c, (), options) for c in chats]
             outputs: dict[str, list] = {}
 
@@ -88,6 +104,7 @@ def main() -> None:
 
             conditions = {
                 f"vllm_{mode}_steered_mixed": remote(steered, "steered"),
+                f"vllm_{mode}_steered_operators": remote(ops, "operators"),
                 f"vllm_{mode}_unsteered": remote(plain, "plain"),
                 f"local_batch_mixed_{mode}_phase": batched_mixed,
             }
@@ -106,22 +123,23 @@ def main() -> None:
                 )
         finally:
             server.stop()
-        equal[mode] = outputs["steered"] == [g.token_ids for g in reference]
+        for name, want in reference.items():
+            equal[f"{mode}_{name}"] = outputs[name] == want
 
     medians = {k: summary(v) for k, v in rates.items()}
     ratios, per_round = {}, {}
-    for mode in equal:
-        a, b = rates[f"vllm_{mode}_steered_mixed"], rates[f"vllm_{mode}_unsteered"]
-        ratios[mode] = (
-            medians[f"vllm_{mode}_steered_mixed"]["median"]
-            / medians[f"vllm_{mode}_unsteered"]["median"]
-        )
-        per_round[mode] = [x / y for x, y in zip(a, b)]
+    for mode in args.modes.split(","):
+        for kind in ("mixed", "operators"):
+            a, b = rates[f"vllm_{mode}_steered_{kind}"], rates[f"vllm_{mode}_unsteered"]
+            key = mode if kind == "mixed" else f"{mode}_operators"
+            ratios[key] = summary(a)["median"] / summary(b)["median"]
+            per_round[key] = [x / y for x, y in zip(a, b)]
     data = {
         "machine": machine(),
         "requests": args.requests,
         "tokens": args.tokens,
         "settings": SETTINGS,
+        "operator_settings": OPERATORS,
         "rounds": args.rounds,
         "tok_per_s": medians,
         "samples": rates,
@@ -143,14 +161,24 @@ def plot(rates: dict[str, list[float]], medians: dict[str, dict], path: Path) ->
     import matplotlib.pyplot as plt
 
     names = [k.replace("_", " ") for k in rates]
-    colours = ["C0" if "steered_mixed" in k else "C7" if "unsteered" in k else "C2" for k in rates]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    colours = [
+        "C0"
+        if "steered_mixed" in k
+        else "C1"
+        if "operators" in k
+        else "C7"
+        if "unsteered" in k
+        else "C2"
+        for k in rates
+    ]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     ax.bar(names, [medians[k]["median"] for k in rates], color=colours)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     for i, v in enumerate(rates.values()):
         ax.scatter([i] * len(v), v, color="k", s=10, zorder=3)
     ax.set_ylabel("generated tokens / s")
     ax.set_title("64 concurrent mixed-steering requests, 64 tokens (2 CPU cores)")
+    ax.margins(x=0.01)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -56,9 +56,10 @@ class ChatSteer(SteerFields, BaseChatModel):
         ```
 
     Key init args — completion params:
-        steering: str | SteeringVector | Steering | list | None
+        steering: str | dict | SteeringVector | Steering | list | None
             Expression such as ``"json:4 + no-disclaimer"`` (presets: json, no-disclaimer,
-            concise, french, formal, friendly, love, dogs) or vectors.
+            concise, french, formal, friendly, love, dogs), a dict of ``Steering`` fields
+            around one (``{"expression": "love", "operator": "ablate"}``), or vectors.
         steering_coeff: float | None
             Multiplies every steering coefficient.
         steering_positions: "all" | "prompt" | "generated" | "actadd" | None

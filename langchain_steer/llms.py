@@ -35,7 +35,8 @@ class SteerLLM(SteerFields, BaseLLM):
 
     Key init args — completion params:
         steering, steering_coeff, steering_positions:
-            As in ``ChatSteer``: an expression such as ``"love:2"``, vectors, or a list.
+            As in ``ChatSteer``: an expression such as ``"love:2"``, a dict of ``Steering``
+            fields around one, vectors, or a list.
         max_tokens, temperature, top_p, seed, stop:
             Generation settings; greedy by default.
 

@@ -131,7 +131,9 @@ class SteerLLM(CustomLLM):
         default=None, gt=0, description="Cap on the model's own context window."
     )
     steering: Any = Field(
-        default=None, description='Expression ("json:4 + concise"), vector, Steering or list.'
+        default=None,
+        description='Expression ("json:4 + concise"), a dict of Steering fields around one '
+        '({"expression": "love", "operator": "ablate"}), vector, Steering or list.',
     )
     steering_coeff: float | None = Field(default=None, description="Multiplies every coeff.")
     steering_positions: Literal["all", "prompt", "generated", "actadd"] | None = Field(

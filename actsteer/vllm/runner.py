@@ -122,13 +122,10 @@ class Steerer:
             self.entries.move_to_end(spec)
             return self.entries[spec].slot
         compiled = compile_spec(self.served, spec)
-        plan = None
-        if compiled.row is not None:
-            built = hooks.Plan.build([compiled.row], starts=torch.zeros(1, dtype=torch.long))
-            assert built is not None  # a row with operators has tensors
-            layers = built.layers
-            plan = built.to(
-                {layer: self.device for layer in layers}, {layer: self.dtype for layer in layers}
+        plan = compiled.plan
+        if plan is not None:
+            plan = plan.to(
+                dict.fromkeys(plan.layers, self.device), dict.fromkeys(plan.layers, self.dtype)
             )
         used = {e.slot for e in self.entries.values()}
         free = next((s for s in range(1, MAX_SLOTS + 1) if s not in used), None)

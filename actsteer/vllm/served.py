@@ -83,18 +83,18 @@ class ServedModel:
 class Compiled:
     """A request's steering. Plain additions are two delta sets, for its prompt tokens and its
     generated ones (the runner's fast path: one table row per token); anything else (ablation,
-    norm-preserving addition, ActAdd positions) is the local engine's row spec, ``row``, which
-    the runner applies with the local hooks' own operators."""
+    norm-preserving addition, ActAdd positions) is the local hooks' one-row ``plan``, which the
+    runner applies with their own operators (built here, so the front end's check covers it)."""
 
     key: str
     prompt: dict[int, torch.Tensor]
     generated: dict[int, torch.Tensor]
-    row: hooks.RowSpec | None = None
+    plan: hooks.Plan | None = None
 
     @property
     def layers(self) -> set[int]:
-        if self.row is not None:
-            return {layer for deltas, _ in self.row.values() for layer in deltas}
+        if self.plan is not None:
+            return set(self.plan.layers)
         return {*self.prompt, *self.generated}
 
 
@@ -162,7 +162,8 @@ def compile_spec(model: ServedModel, value: object) -> Compiled:
     row, _ = combine.compile_row(steerings, model.fingerprint, model.activation_norms())
     key = json.dumps(specs, sort_keys=True)
     if any(operator != "add" or where == "actadd" for where, operator in row):
-        return Compiled(key, {}, {}, row)
+        plan = hooks.Plan.build([row], starts=torch.zeros(1, dtype=torch.long))
+        return Compiled(key, {}, {}, plan)
     by_positions = {where: dict(deltas) for (where, _), (deltas, _) in row.items()}
     prompt = _sum(by_positions.get("all", {}), by_positions.get("prompt", {}))
     generated = _sum(by_positions.get("all", {}), by_positions.get("generated", {}))

@@ -63,13 +63,14 @@ def test_served_deltas_are_the_local_engines(sm, tmp_path):
     assert got.prompt == {}
     assert set(got.generated) == set(want)
     assert all(torch.equal(got.generated[k], want[k]) for k in want)
-    assert got.row is None  # plain additions: the runner's table
+    assert got.plan is None  # plain additions: the runner's table
     for options in ({"positions": "actadd"}, {"operator": "ablate"}):
         spec = json.dumps({"expression": "file:mine", **options})
         ops = compile_spec(served, spec)
         local = (Steering(vec).with_options(**options),)
         want_row, _ = combine.compile_row(local, sm.fingerprint, sm.activation_norms())
-        assert ops.prompt == ops.generated == {} and ops.row.keys() == want_row.keys()
+        assert ops.prompt == ops.generated == {}
+        assert {(op.positions, op.operator) for op in ops.plan.layers[1]} == want_row.keys()
         assert ops.layers == {1, 2}
     with pytest.raises(CoefficientError, match="ablation strength"):
         compile_spec(

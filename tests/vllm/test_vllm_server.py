@@ -170,6 +170,15 @@ def test_remote_adapters_keep_their_features(server):
     assert msg.usage_metadata["output_tokens"] == 12
     streamed = "".join(c.content for c in remote.stream(q[0], steering="dogs"))
     assert streamed == msg.content
+    kept = {"expression": "love:2", "operator": "add_norm_preserving"}  # as in-process
+    msg, mine = remote.invoke(q[0], steering=kept), local.invoke(q[0], steering=kept)
+    assert msg.content == mine.content
+    assert (
+        msg.response_metadata["steering"]["expression"] == "love:2 [operator=add_norm_preserving]"
+    )
+    assert (
+        mine.response_metadata["steering"]["expression"] == "love:2 [operator=add_norm_preserving]"
+    )
     assert [m.content for m in asyncio.run(remote.abatch(q))] == [m.content for m in local.batch(q)]
     knob = remote.configurable_fields(steering=ConfigurableField(id="s"))
     rows = knob.batch(q[:2], [{"configurable": {"s": s}} for s in ("love", None)])
