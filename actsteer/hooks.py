@@ -54,14 +54,16 @@ class LayerOp:
         tensor = self.tensor.to(device=h.device, dtype=h.dtype)
         if self.operator == "ablate":
             return interventions.ablate(h, tensor, mask * self.strength.to(h))
-        if self.positions == "actadd":
-            rel = state.rel.to(h.device).clamp(0, tensor.shape[1] - 1)
-            delta = tensor[torch.arange(h.shape[0], device=h.device)[:, None], rel]
+        if self.positions == "actadd":  # this op's own positions: rel < its length
+            rel = state.rel.to(h.device)
+            n = tensor.shape[1]
+            delta = tensor[torch.arange(h.shape[0], device=h.device)[:, None], rel.clamp(0, n - 1)]
+            mask = mask * (rel < n).unsqueeze(-1).to(mask.dtype)
         else:
             delta = tensor[:, None, :]
         if self.operator == "add":
             return interventions.add(h, mask * delta)
-        active = (mask * self.strength.to(h)) > 0
+        active = ((mask * self.strength.to(h)) > 0) & (delta != 0).any(-1, keepdim=True)
         return torch.where(active, interventions.add_norm_preserving(h, mask * delta), h)
 
 

@@ -52,7 +52,12 @@ class RemoteSteering:
     @property
     def plain(self) -> bool:
         """Only an expression, a coefficient and positions: it merges with other plain ones."""
-        return self.operator in (None, "add") and self.layers is None and not self.relative
+        return (
+            self.operator in (None, "add")
+            and self.layers is None
+            and not self.relative
+            and not self.force
+        )
 
     def body(self) -> dict[str, Any]:
         """The fields that differ from the defaults, as the server's JSON object takes them."""
@@ -69,22 +74,30 @@ class RemoteSteering:
         return self.expression if len(body) == 1 else json.dumps(body, sort_keys=True)
 
     def describe(self) -> str:
-        opts = [f"x{self.coeff:g}"] if self.coeff is not None else []
-        opts += [f"positions={self.positions}"] if self.positions else []
-        opts += [f"layers={_span(self.layers)}"] if self.layers else []
+        """As ``Steering.describe`` prints it: coefficients folded into the terms (an ablation's
+        is its strength), then the options that differ from the defaults."""
+        ablate = self.operator == "ablate"
+        scale = 1.0 if ablate or self.coeff is None else self.coeff
+        terms = tuple(
+            dataclasses.replace(t, coeff=t.coeff * scale) for t in parse(self.expression).terms
+        )
+        opts = [f"layers={_span(self.layers)}"] if self.layers else []
+        opts += [f"positions={self.positions}"] if self.positions not in (None, "all") else []
         opts += [f"operator={self.operator}"] if self.operator not in (None, "add") else []
-        opts += [name for name in ("relative", "force") if getattr(self, name)]
-        return self.expression + (f" [{', '.join(opts)}]" if opts else "")
+        opts += [f"strength={self.coeff if self.coeff is not None else 1.0:g}"] if ablate else []
+        opts += ["relative"] if self.relative else []
+        text = Expression(terms).canonical()
+        return text + (f" [{', '.join(opts)}]" if opts else "")
 
     def info(self) -> dict[str, Any]:
-        scale = 1.0 if self.operator == "ablate" else (self.coeff or 1.0)
+        scale = 1.0 if self.operator == "ablate" or self.coeff is None else self.coeff
         return {
             "expression": self.describe(),
             "terms": [
                 {
                     "name": t.canonical(),
                     "coeff": t.coeff * scale,
-                    "positions": self.positions or "all",
+                    "positions": self.positions,  # None: each vector's own
                     "operator": self.operator or "add",
                 }
                 for t in parse(self.expression).terms
@@ -129,16 +142,26 @@ class RemoteEngine:
         if steering is None:
             return ()
         items = steering if isinstance(steering, list | tuple) else [steering]
-        texts, out = [], []
+        out: list[RemoteSteering] = []
+        texts: list[str] = []  # a run of expressions, folded into one steering in place
+
+        def fold() -> None:
+            if texts:
+                terms = tuple(t for text in texts for t in parse(text).terms)
+                out.append(RemoteSteering(Expression(terms).canonical(), coeff, positions))
+                texts.clear()
+
         for item in items:
             if isinstance(item, str):
                 texts.append(item)
             elif isinstance(item, Mapping):
+                fold()
                 expression, options = resolve.spec_options(item)
                 if coeff is not None:
                     options["coeff"] = options.get("coeff", 1.0) * coeff
                 if positions is not None:
                     options["positions"] = positions
+                resolve.spec_options({"expression": expression, **options})  # as it will go
                 out.append(RemoteSteering(parse(expression).canonical(), **options))
             else:
                 raise SteeringSpecError(
@@ -146,9 +169,7 @@ class RemoteEngine:
                     "vector files (file:NAME), or mappings of Steering fields around them, not "
                     f"a {type(item).__name__}"
                 )
-        if texts:
-            terms = tuple(t for text in texts for t in parse(text).terms)
-            out.insert(0, RemoteSteering(Expression(terms).canonical(), coeff, positions))
+        fold()
         return tuple(out)
 
     # -- the Engine protocol ----------------------------------------------------------------
@@ -270,6 +291,11 @@ def merged(steerings: Sequence[RemoteSteering]) -> str | None:
     if len(steerings) <= 1:
         return steerings[0].spec() if steerings else None
     if not all(s.plain for s in steerings) or len({s.positions for s in steerings}) > 1:
+        if len(steerings) > resolve.MAX_SPECS:
+            raise SteeringSpecError(
+                f"a remote request carries at most {resolve.MAX_SPECS} steerings, got "
+                f"{len(steerings)}"
+            )
         return json.dumps([s.body() for s in steerings], sort_keys=True)
     terms = tuple(
         dataclasses.replace(t, coeff=t.coeff * (s.coeff if s.coeff is not None else 1.0))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import presets
-from .errors import SteeringSpecError
+from .errors import CoefficientError, SteeringSpecError
 from .expressions import parse
-from .spec import OPERATORS, POSITIONS, Steering, SteeringLike, Term
+from .spec import MAX_ABLATE_STRENGTH, OPERATORS, POSITIONS, Steering, SteeringLike, Term
 from .vector import ModelFingerprint, SteeringVector
 
 if TYPE_CHECKING:
@@ -23,42 +24,69 @@ if TYPE_CHECKING:
 #: The fields of a steering written as a mapping (a JSON object over HTTP): ``Steering``'s own,
 #: with ``expression`` naming the vectors (``{"expression": "refusal", "operator": "ablate"}``).
 SPEC_FIELDS = ("expression", "coeff", "layers", "positions", "operator", "relative", "force")
+#: Steerings in one call's list, at most, where they travel as JSON (a server request).
+MAX_SPECS = 16
 
 
 def spec_options(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """A mapping steering, checked: its expression and the ``Steering`` options it sets. The
     one form that names every option and travels as JSON, so the same value steers in-process
     and on a server."""
-    unknown = sorted(set(spec) - set(SPEC_FIELDS))
+    unknown = sorted(map(repr, set(spec) - set(SPEC_FIELDS)))
     if unknown:
-        raise SteeringSpecError(f"unknown steering fields {unknown}; use {list(SPEC_FIELDS)}")
+        raise SteeringSpecError(
+            f"unknown steering fields [{', '.join(unknown)}]; use {list(SPEC_FIELDS)}"
+        )
     expression = spec.get("expression")
     if not isinstance(expression, str) or not expression.strip():
         raise SteeringSpecError("a steering mapping needs 'expression', a steering expression")
     options = {k: spec[k] for k in SPEC_FIELDS[1:] if spec.get(k) is not None}
-    coeff = options.get("coeff")
-    if coeff is not None and (
-        isinstance(coeff, bool) or not isinstance(coeff, int | float) or not math.isfinite(coeff)
-    ):
-        raise SteeringSpecError(f"'coeff' must be a finite number, got {coeff!r}")
-    layers = options.get("layers")
-    if layers is not None and (
-        isinstance(layers, str | bytes | Mapping)
-        or not isinstance(layers, Sequence)
-        or not layers
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
-    ):
-        raise SteeringSpecError(f"'layers' must be a list of non-negative ints, got {layers!r}")
-    if options.get("positions", "all") not in POSITIONS:
-        raise SteeringSpecError(f"unknown positions {options['positions']!r}; use {POSITIONS}")
-    if options.get("operator", "add") not in OPERATORS:
-        raise SteeringSpecError(f"unknown operator {options['operator']!r}; use {OPERATORS}")
+    if "coeff" in options:
+        options["coeff"] = _finite_number(options["coeff"], "'coeff'")
+    if "layers" in options:
+        layers = options["layers"]
+        if (
+            isinstance(layers, str | bytes | Mapping)
+            or not isinstance(layers, Sequence)
+            or not layers
+            or not all(
+                isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 0
+                for x in layers
+            )
+        ):
+            raise SteeringSpecError(f"'layers' must be a list of non-negative ints, got {layers!r}")
+        options["layers"] = tuple(int(x) for x in layers)
+    where, operator = options.get("positions", "all"), options.get("operator", "add")
+    if not isinstance(where, str) or where not in POSITIONS:
+        raise SteeringSpecError(f"unknown positions {where!r}; use {POSITIONS}")
+    if not isinstance(operator, str) or operator not in OPERATORS:
+        raise SteeringSpecError(f"unknown operator {operator!r}; use {OPERATORS}")
+    if operator == "ablate" and where == "actadd":
+        raise SteeringSpecError(
+            'ablation at ActAdd positions is not defined; ablate at "all" or "prompt" positions'
+        )
+    if operator == "ablate" and not 0.0 <= options.get("coeff", 1.0) <= MAX_ABLATE_STRENGTH:
+        raise CoefficientError(
+            f"ablation strength must be in [0, {MAX_ABLATE_STRENGTH}] (1 removes the "
+            f"direction), got {options['coeff']}"
+        )
     for flag in ("relative", "force"):
         if not isinstance(options.get(flag, False), bool):
             raise SteeringSpecError(f"'{flag}' must be true or false, got {options[flag]!r}")
-    if "layers" in options:
-        options["layers"] = tuple(options["layers"])
     return expression, options
+
+
+def _finite_number(value: object, what: str) -> float:
+    """``value`` as a finite float, or a ``SteeringSpecError`` (also for ints too large)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SteeringSpecError(f"{what} must be a finite number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SteeringSpecError(f"{what} must be a finite number, got {value!r}")
+    return number
 
 
 def check(steering: object, *, coeff: object = None, positions: object = None) -> None:
@@ -164,8 +192,11 @@ def _expression(sm: SteeredModel, text: str) -> tuple[Steering, ...]:
 
 
 def trained_positions(vec: SteeringVector) -> str:
-    """Where a vector applies by default: where it was trained (a distilled vector's training
-    card says), else at every position."""
+    """Where a vector applies by default: a per-position (ActAdd) vector at the first prompt
+    positions; else where it was trained (a distilled vector's training card says), else at
+    every position."""
+    if vec.is_positional:
+        return "actadd"
     card = vec.meta.extra.get("training")
     where = card.get("positions") if isinstance(card, Mapping) else None
     return where if where in ("all", "prompt", "generated") else "all"

@@ -88,6 +88,10 @@ class Steering:
             raise SteeringSpecError(f"unknown positions {positions!r}; use one of {POSITIONS}")
         if operator not in OPERATORS:
             raise SteeringSpecError(f"unknown operator {operator!r}; use one of {OPERATORS}")
+        if operator == "ablate" and positions == "actadd":
+            raise SteeringSpecError(
+                'ablation at ActAdd positions is not defined; ablate at "all" or "prompt" positions'
+            )
         if positions != "actadd" and any(t.vector.is_positional for t in terms):
             raise SteeringSpecError('per-position (ActAdd) vectors need positions="actadd"')
         coeff = _finite(coeff, "coefficient")

@@ -189,9 +189,13 @@ VLLM_PYTHON = Path(os.environ.get("ACTSTEER_VLLM_PYTHON", ROOT / ".venv-vllm" / 
 
 @pytest.fixture(scope="session")
 def vectors(tmp_path_factory, real) -> Path:
-    """The server's vectors folder: ``mine`` is the local ``love`` preset's vector."""
+    """The server's vectors folder: ``mine`` is the local ``love`` preset's vector, ``front``
+    a per-position ActAdd vector (Love - Hate at layer 6, Turner et al.'s form)."""
+    from actsteer import extract
+
     folder = tmp_path_factory.mktemp("vectors")
     real.preset("love").save(folder / "mine.safetensors")
+    extract.actadd(real, "Love", "Hate", [6], form="positional").save(folder / "front.safetensors")
     return folder
 
 

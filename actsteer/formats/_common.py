@@ -18,6 +18,8 @@ import torch
 from actsteer.errors import LayerError, NonFiniteError, VectorFileError, VectorShapeError
 
 MAX_FILE_BYTES = 2 * 1024**3
+#: Positions of a per-position (ActAdd) direction ``(positions, hidden)``, at most.
+MAX_POSITIONS = 4096
 """Largest vector file a reader opens; bigger files are refused before a byte is read."""
 
 _NAME_RE = re.compile(r"direction\.([0-9]{1,10})", re.ASCII)
@@ -92,9 +94,12 @@ def _fsync_directory(directory: str) -> None:
             os.close(fd)
 
 
-def prepare_directions(directions: Mapping[int, Any]) -> dict[int, torch.Tensor]:
-    """Check directions before saving and return them as fresh float32 contiguous 1-D CPU
-    tensors, sorted by layer; a writer never produces a file its reader would refuse."""
+def prepare_directions(
+    directions: Mapping[int, Any], *, positional: bool = False
+) -> dict[int, torch.Tensor]:
+    """Check directions before saving and return them as fresh float32 contiguous CPU tensors,
+    sorted by layer: 1-D, or also ``(positions, hidden)`` where the format takes per-position
+    (ActAdd) directions; a writer never produces a file its reader would refuse."""
     if not isinstance(directions, Mapping) or not directions:
         raise VectorShapeError("a vector file needs at least one direction (a non-empty mapping)")
     out: dict[int, torch.Tensor] = {}
@@ -103,10 +108,10 @@ def prepare_directions(directions: Mapping[int, Any]) -> dict[int, torch.Tensor]
             raise LayerError(f"layer keys must be non-negative ints, got {layer!r}")
         tensor = torch.as_tensor(directions[layer]).detach()
         layer = int(layer)
-        if tensor.dim() != 1 or tensor.numel() == 0:
+        if not direction_shape_ok(tuple(tensor.shape), positional):
             raise VectorShapeError(
-                f"direction for layer {layer} has shape {tuple(tensor.shape)}; it must be 1-D "
-                "and non-empty"
+                f"direction for layer {layer} has shape {tuple(tensor.shape)}; it must be "
+                + DIRECTION_SHAPES[positional]
             )
         if not tensor.is_floating_point():
             raise VectorShapeError(f"direction for layer {layer} has dtype {tensor.dtype}")
@@ -128,10 +133,24 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+DIRECTION_SHAPES = {
+    False: "1-D and non-empty",
+    True: f"1-D, or 2-D (positions, hidden) with 1-{MAX_POSITIONS} positions, and non-empty",
+}
+
+
+def direction_shape_ok(shape: tuple[int, ...], positional: bool) -> bool:
+    """A direction's shape: ``(hidden,)``, or ``(positions, hidden)`` where allowed."""
+    if len(shape) == 1:
+        return shape[0] > 0
+    return positional and len(shape) == 2 and 0 < shape[0] <= MAX_POSITIONS and shape[1] > 0
+
+
 def check_loaded(
-    path: str | os.PathLike[str], named: Mapping[str, torch.Tensor]
+    path: str | os.PathLike[str], named: Mapping[str, torch.Tensor], *, positional: bool = False
 ) -> dict[int, torch.Tensor]:
-    """Validate tensors read from a file and return float32 directions keyed by layer."""
+    """Validate tensors read from a file and return float32 directions keyed by layer
+    (``positional``: the format also holds per-position ``(positions, hidden)`` ones)."""
     if not named:
         raise file_error(path, "contains no direction tensors")
     out: dict[int, torch.Tensor] = {}
@@ -139,9 +158,9 @@ def check_loaded(
         layer = require_layer(path, name)
         if layer in out:
             raise file_error(path, f"two tensors name layer {layer} (last: {name!r})")
-        if tensor.dim() != 1 or tensor.numel() == 0:
-            reason = f"tensor {name!r} has shape {tuple(tensor.shape)}; a direction must be 1-D"
-            raise file_error(path, reason + " and non-empty")
+        if not direction_shape_ok(tuple(tensor.shape), positional):
+            reason = f"tensor {name!r} has shape {tuple(tensor.shape)}; a direction must be "
+            raise file_error(path, reason + DIRECTION_SHAPES[positional])
         if not tensor.is_floating_point():
             raise file_error(path, f"tensor {name!r} has dtype {tensor.dtype}, not floating")
         out[layer] = tensor.to(torch.float32).contiguous()
@@ -171,8 +190,8 @@ def _check_same_length(
     """All directions of one vector live in one residual stream, so they share one length."""
     first_name, first = next(iter(named.items()))
     for name, tensor in named.items():
-        if tensor.numel() != first.numel():
+        if tensor.shape[-1] != first.shape[-1]:
             raise error(
-                f"{name} has {tensor.numel()} elements but {first_name} has {first.numel()}: "
-                "every layer's direction must have the same hidden size"
+                f"{name} has hidden size {tensor.shape[-1]} but {first_name} has "
+                f"{first.shape[-1]}: every layer's direction must have the same hidden size"
             )

@@ -1,11 +1,13 @@
-"""actsteer's native vector format: one ``.safetensors`` file holding float32 1-D tensors named
-``direction.N`` (N = 0-based decoder layer) and, in the header's string metadata, a format tag,
+"""actsteer's native vector format: one ``.safetensors`` file holding float32 tensors named
+``direction.N`` (N = 0-based decoder layer; 1-D, or 2-D ``(positions, hidden)`` for a
+per-position ActAdd vector) and, in the header's string metadata, a format tag,
 a format version and the vector's JSON ``meta`` object. Never pickle: the header is parsed here
 from bytes read with a size cap, and the tensors are decoded by safetensors."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -16,11 +18,13 @@ import safetensors.torch
 import torch
 
 from actsteer.formats._common import (
+    DIRECTION_SHAPES,
     MAX_FILE_BYTES,
     atomic_write,
     check_loaded,
     checked_size,
     direction_name,
+    direction_shape_ok,
     file_error,
     layer_from_name,
     prepare_directions,
@@ -38,7 +42,7 @@ def write_native(
 ) -> None:
     """Save per-layer directions (stored float32) and a JSON-serialisable ``meta`` object as one
     safetensors file, atomically, so a crash mid-save never leaves a broken vector behind."""
-    tensors = prepare_directions(directions)
+    tensors = prepare_directions(directions, positional=True)
     header = {
         "format": FORMAT_TAG,
         "format_version": FORMAT_VERSION,
@@ -63,7 +67,7 @@ def read_native(path: _PathLike) -> tuple[dict[int, torch.Tensor], dict[str, Any
         named = safetensors.torch.load(data)
     except Exception as exc:  # the decoder's errors are many and unexported
         raise file_error(path, f"not a valid safetensors file: {exc}") from exc
-    return check_loaded(path, named), meta
+    return check_loaded(path, named, positional=True), meta
 
 
 def _dump_meta(path: _PathLike, meta: Mapping[str, Any]) -> str:
@@ -148,7 +152,7 @@ def _parse_metadata(path: _PathLike, raw: Any, tensors: Mapping[str, Any]) -> di
 
 
 def _check_entry(path: _PathLike, name: str, entry: Any, body_len: int) -> None:
-    """Check one tensor's header entry (name, dtype, 1-D shape, offsets inside the data section)
+    """Check one tensor's header entry (name, dtype, shape, offsets inside the data section)
     so a bad file is refused with a specific reason before the decoder sees it."""
     require_layer(path, name)
     if not isinstance(entry, dict):
@@ -158,8 +162,11 @@ def _check_entry(path: _PathLike, name: str, entry: Any, body_len: int) -> None:
         raise file_error(
             path, f"tensor {name!r} has dtype {dtype!r}; a direction must be F16, BF16, F32 or F64"
         )
-    if not _int_list(shape) or len(shape) != 1:
-        raise file_error(path, f"tensor {name!r} has shape {shape!r}; a direction must be 1-D")
+    if not _int_list(shape) or not direction_shape_ok(tuple(shape), True):
+        allowed = DIRECTION_SHAPES[True]
+        raise file_error(
+            path, f"tensor {name!r} has shape {shape!r}; a direction must be {allowed}"
+        )
     if not _int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
         raise file_error(path, f"tensor {name!r} has malformed data_offsets {offsets!r}")
     if offsets[1] > body_len:
@@ -168,7 +175,7 @@ def _check_entry(path: _PathLike, name: str, entry: Any, body_len: int) -> None:
             f"tensor {name!r} data_offsets {offsets} run past the end of the data section "
             f"({body_len} bytes): truncated or corrupt",
         )
-    if offsets[1] - offsets[0] != shape[0] * _FLOAT_DTYPES[dtype]:
+    if offsets[1] - offsets[0] != math.prod(shape) * _FLOAT_DTYPES[dtype]:
         raise file_error(path, f"tensor {name!r} data_offsets do not match its shape and dtype")
 
 

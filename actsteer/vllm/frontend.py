@@ -1,7 +1,10 @@
 """The request side of the plugin, in vLLM's front-end process: a steered request is checked
 before it is scheduled (a bad expression, an unknown vector or preset, a wrong hidden size fails
 that request with HTTP 400 and never runs unsteered), and its prefix-cache salt is derived from
-its steering, so it never reuses KV computed under other steering (or none)."""
+its steering, so it never reuses KV computed under other steering (or none). A steering that
+treats prompt and generated tokens apart also salts with the prompt's length: vLLM caches the
+blocks of generated tokens too, and a follow-up prompt that contains an earlier reply must not
+reuse KV computed for those tokens as *generated* ones."""
 
 from __future__ import annotations
 
@@ -21,18 +24,35 @@ def _served() -> ServedModel:
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked(spec: str) -> str:
-    """The steering's salt, once the spec compiled (memoised: a spec is checked once)."""
+def _checked(spec: str) -> tuple[str, bool]:
+    """The steering's salt and whether it is positional, once the spec compiled (memoised: a
+    spec is checked once)."""
     compiled = compile_spec(_served(), spec)
-    return "actsteer-" + hashlib.sha256(compiled.key.encode()).hexdigest()[:32]
+    return "actsteer-" + hashlib.sha256(compiled.key.encode()).hexdigest()[:32], compiled.positional
 
 
-def salt_for(spec: object, user_salt: str | None) -> str:
-    """The cache salt of a steered request (the user's own salt, if any, kept in front)."""
+def salt_for(spec: object, user_salt: str | None, prompt_len: int | None = None) -> str:
+    """The cache salt of a steered request (the user's own salt, if any, kept in front; the
+    prompt's length after it for a positional steering)."""
     if not isinstance(spec, str):
         raise ActsteerError(f"{XARG} must be a string (an expression or a JSON object)")
-    ours = _checked(spec)
-    return f"{user_salt[:80]}.{ours}" if user_salt else ours
+    ours, positional = _checked(spec)
+    if positional:
+        ours += f".p{prompt_len if prompt_len is not None else 'x'}"
+    if not user_salt:
+        return ours
+    if len(user_salt) > 64:  # vLLM takes 128 characters: a long salt goes in as its hash
+        user_salt = hashlib.sha256(user_salt.encode()).hexdigest()[:40]
+    return f"{user_salt}.{ours}"
+
+
+def _prompt_len(request: Any) -> int | None:
+    """The number of prompt tokens of vLLM's ``EngineCoreRequest`` (ids or embeddings)."""
+    ids = getattr(request, "prompt_token_ids", None)
+    if ids is not None:
+        return len(ids)
+    embeds = getattr(request, "prompt_embeds", None)
+    return int(embeds.shape[0]) if embeds is not None else None
 
 
 def patch() -> None:
@@ -51,7 +71,7 @@ def patch() -> None:
         spec = (params.extra_args or {}).get(XARG) if params is not None else None
         if spec is not None:
             try:
-                request.cache_salt = salt_for(spec, request.cache_salt)
+                request.cache_salt = salt_for(spec, request.cache_salt, _prompt_len(request))
             except (ActsteerError, ValueError) as exc:
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 raise VLLMValidationError(

@@ -29,8 +29,6 @@ from ..vector import ModelFingerprint
 BUNDLE_ENV = "ACTSTEER_SERVE_BUNDLE"
 #: The per-request key in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP).
 XARG = "actsteer"
-#: Steerings in one request's JSON list, at most.
-MAX_SPECS = 16
 
 
 class ServedModel:
@@ -90,6 +88,9 @@ class Compiled:
     prompt: dict[int, torch.Tensor]
     generated: dict[int, torch.Tensor]
     plan: hooks.Plan | None = None
+    #: Steers prompt and generated tokens differently (positions other than "all"): a token's
+    #: KV depends on the prompt's length, which the prefix-cache salt must then include.
+    positional: bool = False
 
     @property
     def layers(self) -> set[int]:
@@ -113,8 +114,8 @@ def parse_spec(value: object) -> list[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise SteeringSpecError(f"{XARG}: not valid JSON ({exc.msg})") from exc
     items = data if isinstance(data, list) else [data]
-    if not items or len(items) > MAX_SPECS:
-        raise SteeringSpecError(f"{XARG}: a list of 1 to {MAX_SPECS} steerings")
+    if not items or len(items) > resolve.MAX_SPECS:
+        raise SteeringSpecError(f"{XARG}: a list of 1 to {resolve.MAX_SPECS} steerings")
     out = []
     for item in items:
         if not isinstance(item, dict):
@@ -161,13 +162,14 @@ def compile_spec(model: ServedModel, value: object) -> Compiled:
     ]
     row, _ = combine.compile_row(steerings, model.fingerprint, model.activation_norms())
     key = json.dumps(specs, sort_keys=True)
+    positional = any(where != "all" for where, _ in row)
     if any(operator != "add" or where == "actadd" for where, operator in row):
         plan = hooks.Plan.build([row], starts=torch.zeros(1, dtype=torch.long))
-        return Compiled(key, {}, {}, plan)
+        return Compiled(key, {}, {}, plan, positional)
     by_positions = {where: dict(deltas) for (where, _), (deltas, _) in row.items()}
     prompt = _sum(by_positions.get("all", {}), by_positions.get("prompt", {}))
     generated = _sum(by_positions.get("all", {}), by_positions.get("generated", {}))
-    return Compiled(key, prompt, generated)
+    return Compiled(key, prompt, generated, None, positional)
 
 
 def _sum(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:

@@ -74,6 +74,7 @@ def test_actadd_forms(sm):
     )
     out = sm.generate("tell me", Steering(pos, positions="actadd"), max_new_tokens=4)
     assert isinstance(out, str)
+    assert sm.generate("tell me", pos, max_new_tokens=4) == out  # its default: ActAdd positions
     with pytest.raises(SteeringSpecError, match="actadd"):
         Steering(pos)
 

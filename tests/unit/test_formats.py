@@ -130,7 +130,7 @@ def test_native_write_rejects_bad_meta(tmp_path, meta, match):
         ({-1: torch.ones(4)}, LayerError, "non-negative"),
         ({"3": torch.ones(4)}, LayerError, "non-negative"),
         ({True: torch.ones(4)}, LayerError, "non-negative"),
-        ({1: torch.ones(2, 2)}, VectorShapeError, "1-D"),
+        ({1: torch.ones(2, 2, 2)}, VectorShapeError, "1-D"),
         ({1: torch.ones(4, dtype=torch.int64)}, VectorShapeError, "dtype"),
         ({1: torch.ones(4), 2: torch.ones(5)}, VectorShapeError, "same hidden size"),
         ({1: torch.tensor([1.0, float("nan")])}, NonFiniteError, "NaN"),
@@ -147,6 +147,18 @@ def test_writers_reject_bad_directions(tmp_path, directions, error, match, write
 
 
 # ---------------------------------------------------------------- native validation
+
+
+def test_per_position_actadd_directions_round_trip_natively_and_never_to_gguf(tmp_path):
+    """A positional ActAdd vector ``(positions, hidden)`` saves and loads as it was (so a
+    server can name it); GGUF control vectors are 1-D, so the GGUF writer refuses it."""
+    directions = {1: torch.randn(3, 4), 2: torch.randn(4)}
+    write_native(tmp_path / "v.safetensors", directions, {"method": "actadd"})
+    back, meta = read_native(tmp_path / "v.safetensors")
+    assert meta == {"method": "actadd"}
+    assert all(torch.equal(back[k], directions[k]) for k in directions)
+    with pytest.raises(VectorShapeError, match="must be 1-D and non-empty"):
+        write_gguf(tmp_path / "v.gguf", directions, "llama")
 
 
 def test_read_native_accepts_untagged_direction_file(tmp_path):
@@ -195,9 +207,19 @@ _NATIVE_BAD = {
         )
         for name in ["direction.-1", "direction.x", "weight", "direction.1.0", "direction."]
     },
-    "two-dims": (
-        "must be 1-D",
-        lambda d: _st_tensors(d / "f", {"direction.1": torch.ones(2, 2)}, _tagged()),
+    "three-dims": (
+        "must be 1-D, or 2-D",
+        lambda d: _st_tensors(d / "f", {"direction.1": torch.ones(2, 2, 2)}, _tagged()),
+    ),
+    "too-many-positions": (
+        "1-4096 positions",
+        lambda d: _st_tensors(d / "f", {"direction.1": torch.ones(4097, 2)}, _tagged()),
+    ),
+    "positions-hidden-differ": (
+        "same hidden size",
+        lambda d: _st_tensors(
+            d / "f", {"direction.1": torch.ones(3, 4), "direction.2": torch.ones(5)}, _tagged()
+        ),
     ),
     "int-dtype": (
         "dtype 'I64'",

@@ -104,11 +104,81 @@ def test_remote_resolve_checks_on_the_client_and_sends_expressions():
         "layers": [3, 4],
         "operator": "ablate",
     }
-    assert ablate.describe() == "dogs [layers=3,4, operator=ablate]"
+    assert ablate.describe() == "dogs [layers=3,4, operator=ablate, strength=1]"
     with pytest.raises(SteeringSpecError, match="unknown operator"):
         engine.resolve({"expression": "dogs", "operator": "multiply"})
+    with pytest.raises(CoefficientError, match="ablation strength"):  # before anything is sent
+        engine.resolve({"expression": "dogs", "operator": "ablate"}, coeff=3.0)
     with pytest.raises(SteeringSpecError, match="not a SteeringVector"):
         engine.resolve(random_vector(build_tiny("llama", seed=5), [1]))
+
+
+def test_remote_steerings_keep_their_order_options_and_local_descriptions(sm):
+    """A list keeps its order (runs of expressions fold in place); ``force`` never gets lost in
+    a merge; a remote steering prints as the local ``Steering`` it names."""
+    engine = RemoteEngine("http://127.0.0.1:9/v1", "m")
+    ablate = {"expression": "formal", "operator": "ablate"}
+    got = engine.resolve([ablate, "dogs", "love:2", {"expression": "json"}, "concise"])
+    assert [s.expression for s in got] == ["formal", "dogs + love:2", "json", "concise"]
+    forced = merged([RemoteSteering("file:x", force=True), RemoteSteering("love")])
+    assert json.loads(forced) == [{"expression": "file:x", "force": True}, {"expression": "love"}]
+    with pytest.raises(SteeringSpecError, match="at most 16 steerings"):
+        merged([RemoteSteering("love", operator="ablate")] * 17)
+    for spec in (
+        {"expression": "love", "operator": "ablate"},
+        {"expression": "love", "operator": "ablate", "coeff": 0.5},
+        {"expression": "love:2 - dogs", "coeff": 0.5},
+        {"expression": "love@1-2", "positions": "generated", "operator": "add_norm_preserving"},
+        {"expression": "love", "layers": [1, 2], "relative": True},
+    ):
+        (remote,) = engine.resolve(spec)
+        (local,) = sm.engine.resolve(spec)
+        assert remote.describe() == local.describe(), spec
+
+
+def test_mapping_checks_catch_what_would_fail_later():
+    from actsteer.resolve import spec_options
+
+    np = pytest.importorskip("numpy")
+    assert spec_options({"expression": "x", "layers": [np.int64(3)]})[1] == {"layers": (3,)}
+    bad = [
+        ({"expression": "x", "coeff": 10**400}, SteeringSpecError, "finite number"),
+        (
+            {"expression": "x", 1: 2, "y": 3},
+            SteeringSpecError,
+            r"unknown steering fields \['y', 1\]",
+        ),
+        ({"expression": "x", "positions": ["all"]}, SteeringSpecError, "unknown positions"),
+        (
+            {"expression": "x", "operator": "ablate", "positions": "actadd"},
+            SteeringSpecError,
+            "not defined",
+        ),
+        ({"expression": "x", "operator": "ablate", "coeff": -1}, CoefficientError, "strength"),
+    ]
+    for spec, error, why in bad:
+        with pytest.raises(error, match=why):
+            spec_options(spec)
+
+
+def test_positional_steering_salts_the_prefix_cache_with_the_prompt_length(
+    steerer_parts, monkeypatch
+):
+    """vLLM caches blocks of generated tokens too: under a steering that treats prompt and
+    generated tokens apart, a follow-up prompt containing an earlier reply must not reuse that
+    reply's KV, so the salt carries the prompt length; a steering at all positions does not."""
+    from actsteer.vllm import frontend
+
+    _, served, _ = steerer_parts
+    monkeypatch.setattr(frontend, "_served", lambda: served)
+    frontend._checked.cache_clear()
+    generated = json.dumps({"expression": "file:mine", "positions": "generated"})
+    assert frontend.salt_for(generated, None, 10) != frontend.salt_for(generated, None, 11)
+    assert frontend.salt_for("file:mine", None, 10) == frontend.salt_for("file:mine", None, 11)
+    long_a, long_b = "a" * 100 + "1", "a" * 100 + "2"  # vLLM takes 128 characters in all
+    salts = {frontend.salt_for(generated, u, 10**6) for u in (long_a, long_b, "mine")}
+    assert len(salts) == 3 and all(len(x) <= 128 for x in salts)
+    frontend._checked.cache_clear()
 
 
 class _Layers(torch.nn.Module):

@@ -135,6 +135,19 @@ def test_a_plain_vector_at_actadd_positions_steers_the_first_prompt_token(llama)
     assert torch.equal(steered, same[1][0])
 
 
+def test_each_actadd_vector_steers_only_its_own_positions(llama):
+    """A one-position vector beside a three-position one (another operator, same call): the
+    short one steers token 0 only, however long the other is."""
+    short = random_vector(llama, [1], 2.0, seed=7)
+    front = SteeringVector({1: torch.randn(3, llama.hidden_size) * 3})
+    kept = Steering(front, positions="actadd", operator="add_norm_preserving")
+    prompt = "a much longer prompt about the sea"
+    alone = llama.hidden_states([prompt], [1], steering=kept)[1][0]
+    both = llama.hidden_states([prompt], [1], steering=[Steering(short, positions="actadd"), kept])
+    assert not torch.allclose(both[1][0][0], alone[0])
+    assert torch.equal(both[1][0][1:], alone[1:])
+
+
 def test_relative_coefficients_scale_by_layer_norm(llama):
     v = random_vector(llama, [0, 3], 0.01)
     norms = llama.activation_norms()

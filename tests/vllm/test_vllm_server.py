@@ -6,6 +6,7 @@ the prefix cache, 200 concurrent mixed requests, in eager and in compiled mode; 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 
@@ -42,6 +43,7 @@ OPERATORS = [
     {"expression": "love:2", "operator": "add_norm_preserving"},
     {"expression": "dogs:4", "positions": "actadd"},
     {"expression": "file:mine:8", "positions": "actadd"},
+    "file:front:4",  # a per-position ActAdd vector: at the prompt's first positions
     [{"expression": "formal", "operator": "ablate", "coeff": 2.0}, "dogs"],
 ]
 
@@ -97,8 +99,9 @@ def test_ablation_norm_preserving_and_actadd_equal_local(engine, real, vectors):
         want = local_ids(real, prompts, [local(s, vectors)] * 3)
         assert [g.token_ids for g in got] == want, s
         assert want != plain, s  # each one steers
-    rows = [(chat(q), [*OPERATORS, "love:2", None][i % 7]) for i, q in enumerate(QUESTIONS)]
-    rows += [(chat(q), OPERATORS[(i + 2) % 5]) for i, q in enumerate(QUESTIONS)]
+    mixed = [*OPERATORS, "love:2", None]
+    rows = [(chat(q), mixed[i % len(mixed)]) for i, q in enumerate(QUESTIONS)]
+    rows += [(chat(q), OPERATORS[(i + 2) % len(OPERATORS)]) for i, q in enumerate(QUESTIONS)]
     futures = engine.submit([Request(p, engine.resolve(s), GEN) for p, s in rows])
     want = [local_ids(real, [p], [local(s, vectors)])[0] for p, s in rows]
     assert [f.result().token_ids for f in futures] == want
@@ -125,6 +128,33 @@ def test_a_steered_request_after_the_same_unsteered_prompt_is_still_steered(engi
     again = engine.generate([Request(long, (), GEN)])[0]  # and back: no steered KV reused
     assert plain.token_ids == again.token_ids == local_ids(real, [long], [None])[0]
     assert steered.token_ids == local_ids(real, [long], ["dogs:2"])[0] != plain.token_ids
+
+
+def test_a_follow_up_prompt_holding_a_steered_reply_reuses_none_of_its_kv(server):
+    """vLLM caches blocks of generated tokens too. Under steering at prompt (or generated)
+    positions, a prompt that contains an earlier reply must be computed with those tokens as
+    *prompt* tokens: its answer equals the same request on a cache of its own (a user salt).
+    (Without the prompt length in the salt, the prompt-positions case answered differently.)"""
+    client = openai.OpenAI(base_url=server, api_key="EMPTY")
+
+    def complete(prompt, n, xargs, **extra):
+        reply = client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=n,
+            temperature=0,
+            extra_body={"vllm_xargs": xargs, "return_token_ids": True, **extra},
+        )
+        extra = reply.choices[0].model_extra or {}
+        return list(extra["prompt_token_ids"]), list(extra["token_ids"])
+
+    for where in ("prompt", "generated"):
+        xargs = {"actsteer": json.dumps({"expression": "love:4", "positions": where})}
+        prompt, reply = complete("Once upon a time", 200, xargs, ignore_eos=True)
+        follow_up = prompt + reply  # its first cache block holds KV of the reply
+        cached = complete(follow_up, 16, xargs)[1]
+        fresh = complete(follow_up, 16, xargs, cache_salt=f"a-cache-of-its-own-{where}")[1]
+        assert cached == fresh, where
 
 
 def test_a_bad_spec_is_a_400_and_the_server_serves_on(engine, server):
@@ -228,7 +258,7 @@ def test_a_compiled_server_steers_like_in_process(vllm_python, vectors, real, tm
             want = local_ids(real, prompts, [local(s, vectors)] * 3)
             assert [g.token_ids for g in got] == want, s
         rows = [(chat(q), SETTINGS[i % 5]) for i, q in enumerate(QUESTIONS)]
-        rows += [(chat(q), OPERATORS[(i + 3) % 5]) for i, q in enumerate(QUESTIONS)]
+        rows += [(chat(q), OPERATORS[(i + 3) % len(OPERATORS)]) for i, q in enumerate(QUESTIONS)]
         futures = engine.submit([Request(p, engine.resolve(s), GEN) for p, s in rows])
         want = [local_ids(real, [p], [local(s, vectors)])[0] for p, s in rows]
         assert [f.result().token_ids for f in futures] == want
