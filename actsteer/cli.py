@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("generate", cmd_generate, "complete a prompt, optionally steered")
     p.add_argument("prompt")
     p.add_argument(
-        "--steer", help='steering expression, e.g. "love:2 - formal" or "file:v.safetensors:2"'
+        "--steer",
+        help='steering expression, e.g. "love:2 - formal" or "file:v.safetensors:2", or JSON '
+        'of Steering fields, e.g. \'{"expression": "love", "operator": "ablate"}\'',
     )
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message")
     p.add_argument("--system", help="system prompt (with --chat)")
@@ -152,12 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_expression(text: str | None) -> None:
-    """Fail fast, before loading any model: the expression parses and its presets exist."""
+def _check_expression(text: str | None, *, json_ok: bool = False) -> None:
+    """Fail fast, before loading any model: the expression (or, where taken, the JSON of
+    Steering fields) parses and its presets exist."""
     if text:
-        from .resolve import check
+        from .resolve import check, from_text
 
-        check(text)
+        if json_ok:
+            from_text(text)
+        else:
+            check(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own bars show the long work; loading is quick
     try:
-        _check_expression(getattr(args, "steer", None))
+        _check_expression(getattr(args, "steer", None), json_ok=args.fn is cmd_generate)
         return int(args.fn(args) or 0)
     except (ActsteerError, OSError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

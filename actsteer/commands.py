@@ -70,13 +70,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "stop": args.stop,
     }
+    from . import resolve
+
+    steer = resolve.from_text(args.steer) if args.steer else None
     start = time.perf_counter()
     if args.stream and not args.json:
-        for piece in sm.stream(prompt, args.steer, **kw):
+        for piece in sm.stream(prompt, steer, **kw):
             print(piece, end="", flush=True)
         print()
         return 0
-    g = sm.generate_detailed(prompt, args.steer, **kw)
+    g = sm.generate_detailed(prompt, steer, **kw)
     data = {
         "text": g.text,
         "prompt_tokens": g.prompt_tokens,

@@ -6,6 +6,7 @@ steering, with the same error, when they are built."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -87,6 +88,27 @@ def _finite_number(value: object, what: str) -> float:
     if not math.isfinite(number):
         raise SteeringSpecError(f"{what} must be a finite number, got {value!r}")
     return number
+
+
+def from_text(text: str) -> SteeringLike:
+    """A steering written as text (a command-line flag): an expression, or JSON as a server
+    request carries it, a mapping of ``Steering`` fields or a list of them
+    (``'{"expression": "love", "operator": "ablate"}'``). Checked like ``check``."""
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        check(text)
+        return text
+    try:
+        data = json.loads(stripped)
+    except (ValueError, RecursionError) as exc:
+        raise SteeringSpecError(f"steering JSON does not parse: {exc}") from exc
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise SteeringSpecError(
+            "steering JSON must be an object of Steering fields, or a list of such objects"
+        )
+    check(items)
+    return data
 
 
 def check(steering: object, *, coeff: object = None, positions: object = None) -> None:

@@ -59,6 +59,20 @@ def test_generate_steered_and_plain(real):
         "--stream",
     ).stdout
     assert streamed.strip() == steered["text"].strip()
+    spec = '{"expression": "love:2", "operator": "add_norm_preserving"}'  # a server's JSON form
+    kept = json.loads(
+        run(
+            "generate",
+            "I think my neighbour is",
+            "--steer",
+            spec,
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ).stdout
+    )
+    assert kept["steering"] == "love:2 [operator=add_norm_preserving]"
+    assert kept["text"] not in (plain["text"], steered["text"])
 
 
 def test_extract_inspect_export_import(tmp_path, real):
@@ -85,6 +99,11 @@ def test_extract_inspect_export_import(tmp_path, real):
     [
         (("generate", "hi", "--steer", "love +"), "cannot parse steering expression"),
         (("generate", "hi", "--steer", "lvoe"), "did you mean 'love'"),
+        (
+            ("generate", "hi", "--steer", '{"expression": "love", "operator": "x"}'),
+            "unknown operator",
+        ),
+        (("generate", "hi", "--steer", '["love"]'), "list of such objects"),
         (("inspect", "/nonexistent/v.safetensors"), "error"),
         (("extract", "--method", "actadd", "-o", "x.safetensors"), "--positive"),
         (("export", "/nonexistent.safetensors", "--gguf", "o.gguf"), "error"),
