@@ -196,7 +196,9 @@ def _expression(sm: SteeredModel, text: str) -> tuple[Steering, ...]:
     for t in parse(text).terms:
         label = dataclasses.replace(t, coeff=1.0).canonical()
         if t.is_file:
-            vec = load_vector_file(t.path or "", sm.fingerprint)
+            # a model may keep the files it has read (a server reads each one once)
+            read = getattr(sm, "vector_file", None)
+            vec = read(t.path) if callable(read) else load_vector_file(t.path or "", sm.fingerprint)
             card = vec.meta.extra.get("steering_card")
             if isinstance(card, Mapping) and "coeff" in card:
                 # a calibrated file, like a preset: coefficient 1 is its calibrated setting

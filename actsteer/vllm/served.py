@@ -24,7 +24,7 @@ import torch
 from .. import combine, hooks, resolve
 from ..errors import SteeringSpecError
 from ..expressions import Expression, parse
-from ..vector import ModelFingerprint
+from ..vector import ModelFingerprint, SteeringVector
 
 BUNDLE_ENV = "ACTSTEER_SERVE_BUNDLE"
 #: The per-request key in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP).
@@ -43,6 +43,7 @@ class ServedModel:
         self.fingerprint = fingerprint
         self._norms = {int(k): float(v) for k, v in norms.items()}
         self.vectors = Path(vectors) if vectors else None
+        self._files: dict[str, SteeringVector] = {}
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str] | None = None) -> ServedModel:
@@ -66,6 +67,18 @@ class ServedModel:
 
     def activation_norms(self) -> dict[int, float]:
         return dict(self._norms)
+
+    def vector_file(self, path: str) -> SteeringVector:
+        """A ``file:`` vector, read once and kept for the server's life: the front end's check
+        and the model runner (which may compile a steering again after evicting it) then use the
+        same vector, and a file changed or removed later cannot fail a step (a changed vector
+        needs a new name or a restart)."""
+        if path not in self._files:
+            self._files[path] = resolve.load_vector_file(path, self.fingerprint)
+        return self._files[path]
+
+    def has_vector_file(self, path: str) -> bool:
+        return path in self._files or Path(path).is_file()
 
     def hidden_states(self, *args: Any, **kwargs: Any) -> Any:
         """Extraction needs the Hugging Face model: not here."""
@@ -142,7 +155,7 @@ def server_files(model: ServedModel, expression: str) -> str:
             path = model.vectors / (
                 name if name.endswith(".safetensors") else f"{name}.safetensors"
             )
-            if not path.is_file():
+            if not model.has_vector_file(str(path)):
                 raise SteeringSpecError(f"file:{name}: no such vector on this server")
             term = dataclasses.replace(term, source=f"file:{path}")
         terms.append(term)

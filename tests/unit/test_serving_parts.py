@@ -64,6 +64,10 @@ def test_served_deltas_are_the_local_engines(sm, tmp_path):
     assert set(got.generated) == set(want)
     assert all(torch.equal(got.generated[k], want[k]) for k in want)
     assert got.plan is None  # plain additions: the runner's table
+    (folder / "mine.safetensors").rename(folder / "gone.safetensors")  # read once, kept
+    again = compile_spec(served, spec)
+    assert all(torch.equal(again.generated[k], got.generated[k]) for k in want)
+    (folder / "gone.safetensors").rename(folder / "mine.safetensors")
     for options in ({"positions": "actadd"}, {"operator": "ablate"}):
         spec = json.dumps({"expression": "file:mine", **options})
         ops = compile_spec(served, spec)
