@@ -90,25 +90,35 @@ def _finite_number(value: object, what: str) -> float:
     return number
 
 
+def json_steerings(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Steering JSON, as a server request or a command-line flag carries it: an object of
+    ``Steering`` fields or a list of 1 to ``MAX_SPECS`` of them, each checked
+    (``spec_options``: its expression and options)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SteeringSpecError(f"steering JSON is not valid JSON ({exc})") from exc
+    items = data if isinstance(data, list) else [data]
+    if not items or len(items) > MAX_SPECS:
+        raise SteeringSpecError(f"steering JSON: a list of 1 to {MAX_SPECS} steerings")
+    if not all(isinstance(item, dict) for item in items):
+        raise SteeringSpecError(
+            "each steering in JSON must be a JSON object of Steering fields (one, or a list of "
+            "such objects)"
+        )
+    return [spec_options(item) for item in items]
+
+
 def from_text(text: str) -> SteeringLike:
     """A steering written as text (a command-line flag): an expression, or JSON as a server
-    request carries it, a mapping of ``Steering`` fields or a list of them
-    (``'{"expression": "love", "operator": "ablate"}'``). Checked like ``check``."""
+    request carries it (``json_steerings``). Checked like ``check``."""
     stripped = text.strip()
     if not stripped.startswith(("{", "[")):
         check(text)
         return text
-    try:
-        data = json.loads(stripped)
-    except (ValueError, RecursionError) as exc:
-        raise SteeringSpecError(f"steering JSON does not parse: {exc}") from exc
-    items = data if isinstance(data, list) else [data]
-    if not items or not all(isinstance(item, dict) for item in items):
-        raise SteeringSpecError(
-            "steering JSON must be an object of Steering fields, or a list of such objects"
-        )
-    check(items)
-    return data
+    specs = [{"expression": e, **options} for e, options in json_steerings(stripped)]
+    check(specs)
+    return specs
 
 
 def check(steering: object, *, coeff: object = None, positions: object = None) -> None:

@@ -18,9 +18,9 @@ import torch
 from actsteer.errors import LayerError, NonFiniteError, VectorFileError, VectorShapeError
 
 MAX_FILE_BYTES = 2 * 1024**3
+"""Largest vector file a reader opens; bigger files are refused before a byte is read."""
 #: Positions of a per-position (ActAdd) direction ``(positions, hidden)``, at most.
 MAX_POSITIONS = 4096
-"""Largest vector file a reader opens; bigger files are refused before a byte is read."""
 
 _NAME_RE = re.compile(r"direction\.([0-9]{1,10})", re.ASCII)
 _MAX_LAYER = 2**31 - 1  # llama.cpp parses the index into a C int

@@ -122,18 +122,8 @@ def parse_spec(value: object) -> list[dict[str, Any]]:
     text = value.strip()
     if text[0] not in "{[":
         return [{"expression": parse(text).canonical()}]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SteeringSpecError(f"{XARG}: not valid JSON ({exc.msg})") from exc
-    items = data if isinstance(data, list) else [data]
-    if not items or len(items) > resolve.MAX_SPECS:
-        raise SteeringSpecError(f"{XARG}: a list of 1 to {resolve.MAX_SPECS} steerings")
     out = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise SteeringSpecError(f"{XARG}: each steering is a JSON object")
-        expression, options = resolve.spec_options(item)
+    for expression, options in resolve.json_steerings(text):
         canonical = {"expression": parse(expression).canonical(), **options}
         out.append({k: list(v) if isinstance(v, tuple) else v for k, v in canonical.items()})
     return out
