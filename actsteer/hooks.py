@@ -57,7 +57,11 @@ class LayerOp:
         if self.positions == "actadd":  # this op's own positions: rel < its length
             rel = state.rel.to(h.device)
             n = tensor.shape[1]
-            delta = tensor[torch.arange(h.shape[0], device=h.device)[:, None], rel.clamp(0, n - 1)]
+            index = rel.clamp(0, n - 1)
+            if tensor.shape[0] == 1:  # a one-row plan steers every row alike (teacher forcing)
+                delta = tensor[0][index]
+            else:
+                delta = tensor[torch.arange(h.shape[0], device=h.device)[:, None], index]
             mask = mask * (rel < n).unsqueeze(-1).to(mask.dtype)
         else:
             delta = tensor[:, None, :]
@@ -182,6 +186,10 @@ class CallState:
     rel: torch.Tensor | None = None
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     chunk_mask: torch.Tensor | None = None
+    position_masks: Mapping[str, torch.Tensor] | None = None
+    """``{positions: (batch, length) bool}`` for a caller that lays tokens out itself (rows
+    packed behind a shared prefix, see ``teacher.packed_logprobs``): used instead of the masks
+    derived from absolute positions."""
 
     def __post_init__(self) -> None:
         if self.plan is not None:
@@ -203,8 +211,16 @@ class CallState:
         pos = torch.arange(past, past + length, device=pad_mask.device)
         prompt = self.prompt_len if self.prompt_len is not None else past + length
         self.masks = {}
+        given = self.position_masks or {}
         for mode in plan.modes:
-            if mode == "all":
+            if mode in given:
+                if tuple(given[mode].shape) != (batch, length):
+                    raise GenerationError(
+                        f"the {mode!r} position mask has shape {tuple(given[mode].shape)}, "
+                        f"but the forward is {(batch, length)}"
+                    )
+                m = pad_mask & given[mode].to(pad_mask.device)
+            elif mode == "all":
                 m = pad_mask
             elif mode == "prompt":
                 m = pad_mask & (pos < prompt)[None, :]

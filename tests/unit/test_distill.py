@@ -8,9 +8,16 @@ import threading
 
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import MORE_CONFIGS, TINY_CONFIGS, build_tiny
 
-from actsteer import DistillationError, SteeringSpecError, SteeringVector, presets
+from actsteer import (
+    DistillationError,
+    GenerationError,
+    SteeringSpecError,
+    SteeringVector,
+    hooks,
+    presets,
+)
 from actsteer import distill as D
 from actsteer import extract as ex
 from actsteer import teacher as T
@@ -106,6 +113,62 @@ def test_teacher_replies_are_the_prompted_models_greedy_replies(sm):
         assert e.top_ids.shape == (len(e.reply), 5) and bool((e.tail_logp <= 0).all())
         # the greedy token is the teacher's most likely one
         assert e.top_ids[:, 0].tolist() == e.reply
+
+
+ALL_KINDS = sorted({**TINY_CONFIGS, **MORE_CONFIGS})
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_packed_rows_give_the_padded_numbers_and_gradients(kind):
+    """Rows packed behind their shared prefix (one forward, no padding) give the same reply
+    log-probs and vector gradients as the padded batch, steered at each kind of position."""
+    sm = build_tiny(kind, seed=1)
+    torch.manual_seed(0)
+    chats, _ = T.chats(PROMPT, INPUTS[:5], template=False)  # the system turn is shared
+    prompts = [sm.encode(c) for c in chats]
+    replies = [torch.randint(3, 259, (n,)).tolist() for n in (7, 3, 9, 1, 5)]
+    assert T.shared_prefix(prompts) > len(PROMPT)
+    vecs = {x: (torch.randn(sm.hidden_size) * 0.5).requires_grad_(True) for x in (1, 2)}
+    for positions in (None, "all", "prompt", "generated"):
+        row = D.vector_row(vecs, positions) if positions else None
+        packed = T.packed_logprobs(sm, prompts, replies, row)
+        if kind == "llama":  # packing must apply to the embedded model's family
+            assert packed is not None
+        if packed is None:
+            continue
+        padded = T.reply_logprobs(sm, prompts, replies, row, pack=False)
+        assert packed.shape == padded.shape
+        for i, r in enumerate(replies):
+            torch.testing.assert_close(packed[i, : len(r)], padded[i, : len(r)], atol=2e-4, rtol=0)
+        if row is None:
+            continue
+        pick = [(i, j, t) for i, r in enumerate(replies) for j, t in enumerate(r)]
+        grads = [
+            torch.autograd.grad(sum(lp[i, j, t] for i, j, t in pick), list(vecs.values()))
+            for lp in (packed, padded)
+        ]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_packing_steps_aside_where_it_cannot_apply(sm):
+    _, chats = T.chats(PROMPT, INPUTS[:3], template=False)
+    prompts, replies = [sm.encode(c) for c in chats], [[5, 6], [7], [8, 9, 10]]
+    actadd = {("actadd", "add"): ({1: torch.ones(2, sm.hidden_size)}, 1.0)}
+    assert T.packed_logprobs(sm, prompts, replies, actadd) is None  # relative to a row's start
+    lp = T.reply_logprobs(sm, prompts, replies, actadd)  # the padded form serves it
+    assert lp.shape[:2] == (3, 3) and bool(torch.isfinite(lp).all())
+    long = [list(range(3, 259)) * 9]  # over MAX_PACKED_TOKENS
+    assert T.packed_logprobs(sm, long, [[5]]) is None
+
+
+def test_a_caller_position_mask_of_the_wrong_shape_is_refused(sm):
+    row = D.vector_row({1: torch.ones(sm.hidden_size)}, "prompt")
+    plan = sm._build_plan([(row, "t")], None, None)
+    state = hooks.CallState(plan, position_masks={"prompt": torch.ones(1, 3, dtype=torch.bool)})
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with hooks.activate(state), pytest.raises(GenerationError, match="position mask"):
+        sm.model(input_ids=ids)
 
 
 def test_topk_kl_is_exact_when_k_covers_the_vocabulary():
