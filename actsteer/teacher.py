@@ -61,9 +61,12 @@ def teacher_examples(
     max_new_tokens: int = 24,
     top_k: int = 64,
     batch_size: int = 64,
+    share_prefix: bool = True,
 ) -> list[Example]:
     """The teacher's greedy replies, generated once, with its top-k log-probs at each reply
-    position read from the same generate (no second forward). Call on the generation thread."""
+    position read from the same generate (no second forward). The start all prompts of a batch
+    share (the system turn) runs once and each row continues from its KV cache
+    (``share_prefix=False``: every row runs whole). Call on the generation thread."""
     with_prompt, without = chats(system_prompt, inputs, template)
     teacher_ids = [sm.encode(c) for c in with_prompt]
     student_ids = [sm.encode(c) for c in without]
@@ -77,15 +80,24 @@ def teacher_examples(
         output_logits=True,
         return_dict_in_generate=True,
     )
+    cache_arg = next((a for a in ("cache", "past_key_values") if _accepts(sm.model, a)), None)
     out: list[Example] = []
     for start in range(0, len(inputs), batch_size):
         chunk = teacher_ids[start : start + batch_size]
-        ids, mask = _left_pad(sm, chunk)
+        shared = shared_prefix(chunk) if len(chunk) > 1 and cache_arg and share_prefix else 0
+        ids, mask = _left_pad(sm, [c[shared:] for c in chunk])
+        kwargs: dict = {}
         with torch.inference_mode():
+            if shared:  # the prompt's shared start runs once; each row continues from its cache
+                prefix = torch.tensor([chunk[0][:shared]], device=ids.device)
+                kwargs[cache_arg] = _prefix_cache(sm, prefix, cache_arg, len(chunk))
+                ids = torch.cat([prefix.expand(len(chunk), -1), ids], dim=1)
+                mask = torch.cat([torch.ones_like(ids[:, :shared]), mask], dim=1)
             result = sm.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 generation_config=config,
+                **kwargs,
             )
         new = result.sequences[:, ids.shape[1] :].tolist()
         logp = torch.log_softmax(torch.stack(result.logits, dim=1).float(), dim=-1).cpu()
@@ -103,6 +115,17 @@ def teacher_examples(
                 )
             )
     return out
+
+
+def _prefix_cache(sm: SteeredModel, prefix: torch.Tensor, cache_arg: str, rows: int):
+    """The KV cache of ``prefix`` (one row), repeated for ``rows`` rows."""
+    kwargs: dict = {"use_cache": True}
+    if _accepts(sm.model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    out = sm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), **kwargs)
+    cache = out[cache_arg]  # the output field is named as the argument
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def _left_pad(sm: SteeredModel, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

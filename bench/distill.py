@@ -1,10 +1,12 @@
-"""Distillation speed: each training step's replies packed behind their shared prompt prefix
-(``teacher.packed_logprobs``, the default) against the padded batch (``pack=False``), side by
-side in one process on the embedded SmolLM2-135M-Instruct.
+"""Distillation speed with the prompts' shared start run once (the default: each training
+step's replies packed behind it, ``teacher.packed_logprobs``; the teacher's replies generated
+from its KV cache) against every row run whole (padded batches, as before), side by side in one
+process on the embedded SmolLM2-135M-Instruct.
 
-Two measures, both alternating the two forms so that neither always runs first:
+Three measures, each alternating the two forms so that neither always runs first:
   step     one training step (forward, KL, vector gradients) on the same 6 teacher replies,
            ``--reps`` interleaved repetitions over 10 different batches; tokens per step too
+  teacher  the teacher's greedy replies (24 tokens) for the 248 inputs a distillation uses
   distill  the whole ``extract`` of each preset in ``--presets`` (teacher replies, training,
            dev checks, test fidelity) with its own settings, once per form; the training card's
            test fidelity shows both forms train the same vector (to float rounding)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -34,19 +37,22 @@ from actsteer import distill as D
 from actsteer import teacher as T
 from actsteer.data import neutral_inputs
 
-FORMS = ("packed", "padded")
+FORMS = ("shared", "whole")
+INPUTS = 248  # 184 training, 16 dev and 48 test inputs, as a distillation of the presets
 
 
 @contextlib.contextmanager
 def form(name: str) -> Iterator[None]:
-    """Run everything inside with the rows packed (the default) or padded (packing refused)."""
-    real = T.packed_logprobs
-    if name == "padded":
-        T.packed_logprobs = lambda *a, **k: None  # this script only: reply_logprobs pads
+    """Run everything inside with the shared prompt start run once (the default) or with every
+    row run whole (this script only: packing refused, the teacher asked not to share)."""
+    packed, examples = T.packed_logprobs, T.teacher_examples
+    if name == "whole":
+        T.packed_logprobs = lambda *a, **k: None
+        T.teacher_examples = functools.partial(examples, share_prefix=False)
     try:
         yield
     finally:
-        T.packed_logprobs = real
+        T.packed_logprobs, T.teacher_examples = packed, examples
 
 
 def step_times(sm: SteeredModel, reps: int) -> dict:
@@ -77,9 +83,23 @@ def step_times(sm: SteeredModel, reps: int) -> dict:
     packed = real - sum(k * (len(b) - 1) for k, b in zip(prefix, batches))
     return {
         "seconds": {f: summary(t) for f, t in times.items()},
-        "tokens_per_step": {"padded": padded / len(batches), "packed": packed / len(batches)},
+        "tokens_per_step": {"whole": padded / len(batches), "shared": packed / len(batches)},
         "shared_prefix_tokens": sum(prefix) / len(prefix),
     }
+
+
+def teacher_times(sm: SteeredModel, reps: int) -> dict:
+    """Seconds for the json teacher's replies to the inputs of one distillation."""
+    prompt = presets.get("json").system_prompt
+    inputs = (neutral_inputs("train") + neutral_inputs("heldout"))[:INPUTS]
+    times: dict[str, list[float]] = {f: [] for f in FORMS}
+    for rep in range(reps):
+        for f in FORMS if rep % 2 == 0 else FORMS[::-1]:
+            start = time.perf_counter()
+            with form(f):
+                T.teacher_examples(sm, prompt, inputs, max_new_tokens=24)
+            times[f].append(time.perf_counter() - start)
+    return {"seconds": {f: summary(t) for f, t in times.items()}, "inputs": len(inputs)}
 
 
 def whole_runs(sm: SteeredModel, names: list[str]) -> dict:
@@ -103,11 +123,17 @@ def plot(data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, t, b) = plt.subplots(1, 3, figsize=(14, 4))
     step = data["step"]["seconds"]
-    a.bar(FORMS, [step[f]["median"] for f in FORMS], color=["tab:green", "tab:gray"])
+    a.bar(FORMS, [step[f]["median"] for f in FORMS], color=["tab:blue", "tab:orange"])
     a.set_ylabel("seconds per training step (median)")
-    a.set_title(f"one step, 6 replies ({data['step_ratio']:.2f}x)")
+    a.set_title(f"one step, 6 replies ({data['ratios']['step']:.2f}x)")
+    teach = data["teacher"]["seconds"]
+    t.bar(FORMS, [teach[f]["median"] for f in FORMS], color=["tab:blue", "tab:orange"])
+    t.set_ylabel("seconds (median)")
+    t.set_title(
+        f"teacher replies, {data['teacher']['inputs']} inputs ({data['ratios']['teacher']:.2f}x)"
+    )
     names = list(data["distill"])
     width = 0.38
     for j, f in enumerate(FORMS):
@@ -128,10 +154,17 @@ def main() -> None:
     args = parser.parse_args()
     sm = SteeredModel.default()
     step = step_times(sm, args.reps)
-    ratio = step["seconds"]["packed"]["median"] / step["seconds"]["padded"]["median"]
-    print(f"step: {step['seconds']} packed/padded {ratio:.3f}", flush=True)
+    teacher = teacher_times(sm, max(2, args.reps - 1))
+
+    def ratio(d: dict) -> float:
+        return d["seconds"]["shared"]["median"] / d["seconds"]["whole"]["median"]
+
+    ratios = {"step": ratio(step), "teacher": ratio(teacher)}
+    print(f"shared/whole: {ratios}", flush=True)
     runs = whole_runs(sm, [n for n in args.presets.split(",") if n])
-    data = {"machine": machine(), "step": step, "step_ratio": ratio, "distill": runs}
+    ratios |= {n: r["shared"]["time_s"] / r["whole"]["time_s"] for n, r in runs.items()}
+    data = {"machine": machine(), "step": step, "teacher": teacher, "distill": runs}
+    data["ratios"] = ratios
     print(f"wrote {write('distill', data)}")
     plot(data)
 

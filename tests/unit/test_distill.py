@@ -115,6 +115,17 @@ def test_teacher_replies_are_the_prompted_models_greedy_replies(sm):
         assert e.top_ids[:, 0].tolist() == e.reply
 
 
+def test_teacher_replies_are_the_same_with_the_shared_prompt_start_run_once(sm):
+    shared = T.teacher_examples(sm, PROMPT, INPUTS[:6], max_new_tokens=8, top_k=5)
+    whole = T.teacher_examples(
+        sm, PROMPT, INPUTS[:6], max_new_tokens=8, top_k=5, share_prefix=False
+    )
+    assert T.shared_prefix([e.teacher for e in whole]) > len(PROMPT)
+    for a, b in zip(shared, whole):
+        assert a.reply == b.reply and a.teacher == b.teacher
+        torch.testing.assert_close(a.top_logp, b.top_logp, atol=1e-4, rtol=0)
+
+
 ALL_KINDS = sorted({**TINY_CONFIGS, **MORE_CONFIGS})
 
 
