@@ -62,8 +62,10 @@ def hidden_states(
     for start in tqdm(starts, desc="actsteer: reading activations", disable=not show):
         chunk = encoded[start : start + batch_size]
         ids, mask = sm._pad(chunk)
-        plan = combine.left_pad_plan(
-            [compiled] * len(chunk), mask, sm._layer_devices, sm._layer_dtypes
+        plan = sm._steerable(
+            combine.left_pad_plan(
+                [compiled] * len(chunk), mask, sm._layer_devices, sm._layer_dtypes
+            )
         )
         state = hooks.CallState(plan, capture_layers=frozenset(layers), stop_after=layers[-1])
         with torch.inference_mode(), hooks.activate(state):
@@ -95,12 +97,14 @@ def continuation_logprobs(
     if not cont:
         raise SteeringSpecError("the continuation is empty")
     ids, mask = sm._pad([prompt_ids + cont])
-    plan = combine.left_pad_plan(
-        [sm.row_spec(steering)],
-        mask,
-        sm._layer_devices,
-        sm._layer_dtypes,
-        prompt_len=len(prompt_ids),
+    plan = sm._steerable(
+        combine.left_pad_plan(
+            [sm.row_spec(steering)],
+            mask,
+            sm._layer_devices,
+            sm._layer_dtypes,
+            prompt_len=len(prompt_ids),
+        )
     )
     with torch.inference_mode(), hooks.activate(hooks.CallState(plan) if plan else None):
         logits = sm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits

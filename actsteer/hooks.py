@@ -186,6 +186,7 @@ class CallState:
     rel: torch.Tensor | None = None
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     chunk_mask: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
     position_masks: Mapping[str, torch.Tensor] | None = None
     """``{positions: (batch, length) bool}`` for a caller that lays tokens out itself (rows
     packed behind a shared prefix, see ``teacher.packed_logprobs``): used instead of the masks
@@ -198,9 +199,12 @@ class CallState:
     def begin_chunk(self, batch: int, length: int, past: int, pad_mask: torch.Tensor) -> None:
         """Compute the position masks of a forward chunk covering ``past .. past+length``."""
         self.chunk_mask = pad_mask
-        if self.prompt_len is None and past == 0:
-            self.prompt_len = length
         plan = self.plan
+        if past == 0 and (plan is None or plan.prompt_len is None):
+            # raw calls under ``steer()``: each new sequence's first forward is its prompt, and
+            # its left padding (leading pad columns) is where each row's ActAdd positions start
+            self.prompt_len = length
+            self.starts = (~pad_mask).long().cumprod(dim=1).sum(dim=1)
         if plan is None:
             return
         if batch != plan.batch_size and plan.batch_size != 1:
@@ -227,7 +231,8 @@ class CallState:
             elif mode == "generated":
                 m = pad_mask & (pos >= prompt)[None, :]
             else:
-                starts = plan.starts if plan.starts is not None else torch.zeros(batch)
+                starts = plan.starts if plan.starts is not None else self.starts
+                starts = starts if starts is not None else torch.zeros(batch)
                 rel = pos[None, :] - starts.to(pad_mask.device, torch.long)[:, None]
                 n = max(
                     op.tensor.shape[1]

@@ -33,13 +33,14 @@ def add_norm_preserving(h: torch.Tensor, delta: torch.Tensor, eps: float = 1e-6)
 
 
 def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows spanning ``directions`` ``(k, hidden)``; zero rows stay zero."""
+    """Orthonormal rows spanning ``directions`` ``(k, hidden)``, zero rows after them. From an
+    SVD, so collinear directions (``[a, 2a, b]``) still span all of ``b``; singular values under
+    1e-6 of the largest (float32 rounding of a collinear copy) count as no direction."""
     keep = directions.norm(dim=-1) > 0
     if not bool(keep.any()):
         return torch.zeros_like(directions)
-    q, r = torch.linalg.qr(directions[keep].T.to(torch.float64))
-    rank_ok = r.diagonal().abs() > 1e-9 * r.diagonal().abs().max()
-    basis = q.T[rank_ok].to(directions.dtype)
+    u, s, _ = torch.linalg.svd(directions[keep].T.to(torch.float64), full_matrices=False)
+    basis = u.T[s > 1e-6 * s.max()].to(directions.dtype)
     out = torch.zeros_like(directions)
     out[: basis.shape[0]] = basis
     return out

@@ -69,3 +69,19 @@ def find_layers(
         "layers_path='attribute.path.to.layers' (the nn.ModuleList of decoder blocks, e.g. "
         "'model.layers') to SteeredModel.from_pretrained or from_model"
     )
+
+
+def placement(layer: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a layer's hidden states: accelerate's execution device if the
+    layer is dispatched, else its first floating-point parameter not on ``meta`` (a 4-bit
+    layer's first parameter is packed ``uint8``; an offloaded one's sits on ``meta``)."""
+    hook = getattr(layer, "_hf_hook", None)
+    run_on = getattr(hook, "execution_device", None)
+    param = next(
+        (p for p in layer.parameters() if p.is_floating_point() and p.device.type != "meta"),
+        None,
+    )
+    device = torch.device(run_on) if run_on is not None else None
+    if device is None:
+        device = param.device if param is not None else torch.device("cpu")
+    return device, param.dtype if param is not None else torch.float32

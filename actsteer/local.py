@@ -235,7 +235,9 @@ class LocalEngine:
         ended (EOS, stop string, cancel), however long the batch went on."""
         sm = self.sm
         ids, mask = sm._pad(encoded)
-        plan = combine.left_pad_plan(compiled, mask, sm._layer_devices, sm._layer_dtypes)
+        plan = sm._steerable(
+            combine.left_pad_plan(compiled, mask, sm._layer_devices, sm._layer_dtypes)
+        )
         stops = RowStops(cancels, sm.eos_token_ids, options.stop, sm.tokenizer)
         config = GenerationConfig(
             max_new_tokens=options.max_new_tokens,

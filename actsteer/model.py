@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import activations, combine, hooks, prompts, resolve, worker
 from .engine import GenerationOptions, Request
-from .errors import SteeringSpecError
+from .errors import GenerationError, SteeringSpecError
 from .generation import Generation
-from .layers import find_layers
+from .layers import find_layers, placement
 from .local import LocalEngine
 from .prompts import Prompt
 from .spec import Steering, SteeringLike
@@ -77,9 +77,7 @@ class SteeredModel:
         self._eos_ids = self._collect_eos_ids()
         self._layer_devices, self._layer_dtypes = {}, {}
         for i, layer in enumerate(self.layers):
-            p = next(layer.parameters(), None)
-            self._layer_devices[i] = p.device if p is not None else torch.device("cpu")
-            self._layer_dtypes[i] = p.dtype if p is not None else torch.float32
+            self._layer_devices[i], self._layer_dtypes[i] = placement(layer)
         self._norms: dict[int, float] | None = None
         self._handles = hooks.install(self.stack, self.layers)
         self.engine = LocalEngine(self)
@@ -223,7 +221,8 @@ class SteeredModel:
     @contextlib.contextmanager
     def steer(self, steering: SteeringLike) -> Iterator[hooks.Plan | None]:
         """Steer raw ``model(...)`` / ``model.generate(...)`` calls made inside the block, in
-        this thread or task only. The first forward's length counts as the prompt."""
+        this thread or task only. Each sequence's first forward (from position 0) counts as its
+        prompt (a chunked prefill needs ``generate``/the adapters, which know the prompt)."""
         plan = self.plan([steering])
         with hooks.activate(hooks.CallState(plan) if plan is not None else None):
             yield plan
@@ -430,13 +429,21 @@ class SteeredModel:
         return prompts.left_pad(encoded, self.pad_token_id, self.device)
 
     def _build_plan(self, compiled, prompt_len, starts) -> hooks.Plan | None:
-        return combine.plan(
-            compiled,
-            prompt_len=prompt_len,
-            starts=starts,
-            devices=self._layer_devices,
-            dtypes=self._layer_dtypes,
+        return self._steerable(
+            combine.plan(
+                compiled,
+                prompt_len=prompt_len,
+                starts=starts,
+                devices=self._layer_devices,
+                dtypes=self._layer_dtypes,
+            )
         )
+
+    def _steerable(self, plan: hooks.Plan | None) -> hooks.Plan | None:
+        """``plan``, unless ``close()`` removed the hooks that would apply it (never silent)."""
+        if plan is not None and not self._handles:
+            raise GenerationError(f"{self!r} was closed (its hooks are removed): cannot steer")
+        return plan
 
 
 def _pieces(

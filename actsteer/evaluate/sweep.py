@@ -11,6 +11,7 @@ from pathlib import Path
 from ..data import neutral_inputs
 from ..errors import SteeringSpecError
 from ..model import SteeredModel
+from ..resolve import trained_positions
 from ..spec import Steering
 from ..vector import SteeringVector
 from . import reply_perplexity
@@ -67,13 +68,19 @@ def sweep(
             layer_sets = [presets.get(source).layer_indices(sm.num_layers)]
         else:
             layer_sets = [list(source.layers)]
+    if isinstance(source, SteeringVector):  # measured where it will steer when used
+        positions = trained_positions(source)
+    else:
+        from .. import presets
+
+        positions = presets.get(source).positions
     base = reply_perplexity(
         sm, chats, sm.generate_batch(chats, None, max_new_tokens=max_new_tokens)
     )
     grid = [(tuple(ls), float(c)) for ls in layer_sets for c in coeffs]
     points = []
     for layers, coeff in tqdm(grid, desc="actsteer: sweep", disable=not progress):
-        steering = Steering(_vector_for(sm, source, layers), coeff)
+        steering = Steering(_vector_for(sm, source, layers), coeff, positions=positions)
         gens = sm.generate_batch_detailed(chats, steering, max_new_tokens=max_new_tokens)
         replies = [g.text for g in gens]
         results = [judge(check, g.text, g.finish_reason) for g in gens]

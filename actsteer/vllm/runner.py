@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +177,8 @@ class Steerer:
             start = int(batch.num_computed_tokens_cpu[i])
             plan = self.entries[spec].plan
             if plan is not None:  # its table rows are zero: the operators do it all
-                masks = hooks.CallState(plan)
-                masks.prompt_len = int(state.num_prompt_tokens)
+                prompt_len = int(state.num_prompt_tokens)
+                masks = hooks.CallState(replace(plan, prompt_len=prompt_len))
                 masks.begin_chunk(1, n, start, torch.ones(1, n, dtype=torch.bool))
                 self.ops.append((first, row, plan, masks))
                 self.ops_layers.update(plan.layers)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import MORE_CONFIGS, build_tiny, random_vector
 
-from actsteer import Steering, SteeringSpecError, SteeringVector
+from actsteer import GenerationError, Steering, SteeringSpecError, SteeringVector
 from actsteer.hooks import current_state
 
 PROMPTS = ["hello world", "a much longer prompt about the sea", "x", "tell me more"]
@@ -101,6 +101,18 @@ def test_ablate_removes_the_direction(tiny):
     assert (plain[1][0] @ (d.directions[1] / d.directions[1].norm())).abs().max() > 1e-3
 
 
+def test_ablating_collinear_directions_still_removes_every_direction(llama):
+    """[a, 2a, b] in one call spans a and b: all of b goes too (a QR basis without pivoting
+    dropped part of it)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (SteeringVector({1: torch.randn(llama.hidden_size, generator=g)}) for _ in range(2))
+    ablate = [Steering(v, operator="ablate") for v in (a, a * 2, b)]
+    h = llama.hidden_states(["hello world, how are you"], [1], steering=ablate)[1][0]
+    for v in (a, b):
+        unit = v.directions[1] / v.directions[1].norm()
+        assert float((h @ unit).abs().max()) < 1e-4 * float(h.norm(dim=-1).max())
+
+
 def test_norm_preserving_add_keeps_token_norms(llama):
     v = random_vector(llama, [2], 1.0)
     plain = llama.hidden_states(["hello world"], [2])[2][0]
@@ -148,6 +160,28 @@ def test_each_actadd_vector_steers_only_its_own_positions(llama):
     assert torch.equal(both[1][0][1:], alone[1:])
 
 
+def test_raw_calls_under_steer_take_each_sequences_own_prompt_and_padding(llama):
+    """Under ``steer()``, every forward from position 0 is a new prompt (a second call in the
+    block is not cut at the first one's length), and a left-padded row's ActAdd positions start
+    at its first real token."""
+    v = random_vector(llama, [1, 2], 2.0)
+    short = torch.tensor([llama.encode("hi")])
+    long = torch.tensor([llama.encode("a much longer prompt than the first one")])
+    with torch.no_grad():
+        plain = llama.model(long).logits
+        with llama.steer(Steering(v, positions="generated")):
+            llama.model(short)
+            assert torch.equal(llama.model(long).logits, plain)  # a prompt: not generated
+        ids, mask = llama._pad([long[0].tolist(), short[0].tolist()])
+        actadd = Steering(v, positions="actadd")
+        with llama.steer(actadd):
+            batch = llama.model(input_ids=ids, attention_mask=mask).logits
+        with llama.steer(actadd):
+            alone = llama.model(short).logits
+    assert not torch.allclose(alone, llama.model(short).logits)
+    torch.testing.assert_close(batch[1, -short.shape[1] :], alone[0], atol=1e-4, rtol=0)
+
+
 def test_relative_coefficients_scale_by_layer_norm(llama):
     v = random_vector(llama, [0, 3], 0.01)
     norms = llama.activation_norms()
@@ -188,8 +222,13 @@ def test_close_removes_every_hook():
     sm.close()
     assert all(not layer._forward_hooks for layer in sm.layers)
     assert not sm.stack._forward_pre_hooks
-    with sm.steer(Steering(v)):
-        assert torch.equal(sm.model(ids).logits, plain)
+    assert torch.equal(sm.model(ids).logits, plain)
+    # steering a closed model would come out unsteered: refused, never silent
+    with pytest.raises(GenerationError, match="closed"), sm.steer(Steering(v)):
+        pass
+    with pytest.raises(GenerationError, match="closed"):
+        sm.generate("hello", Steering(v), max_new_tokens=2)
+    assert sm.generate("hello", max_new_tokens=2) == sm.generate("hello", max_new_tokens=2)
     assert current_state() is None
 
 
@@ -205,6 +244,31 @@ def test_more_families_find_layers_and_steer(kind):
         zero = sm.model(ids).logits
     assert torch.equal(plain, zero)
     assert not torch.allclose(plain, steered)
+
+
+def test_an_offloaded_layer_is_steered_where_it_runs(tmp_path):
+    """A layer offloaded by accelerate keeps its weights on ``meta``: its steering goes where
+    the layer runs (the plan was moved to ``meta`` and generation failed)."""
+    from transformers import AutoModelForCausalLM
+
+    from actsteer import SteeredModel
+    from actsteer.layers import placement
+
+    sm = build_tiny("llama", seed=3)
+    sm.model.save_pretrained(tmp_path / "m")
+    where = {f"model.layers.{i}": "cpu" for i in range(sm.num_layers)} | {"model.layers.1": "disk"}
+    where |= {"model.embed_tokens": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    where["model.rotary_emb"] = "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", device_map=where, offload_folder=tmp_path / "off"
+    )
+    assert next(model.model.layers[1].parameters()).device.type == "meta"
+    offloaded = SteeredModel.from_model(model, sm.tokenizer, name="tiny-llama")
+    assert placement(offloaded.layers[1]) == (torch.device("cpu"), torch.float32)
+    v = random_vector(sm, [1], 2.0)
+    steered = offloaded.generate("hello", Steering(v), max_new_tokens=6)
+    assert steered == sm.generate("hello", Steering(v), max_new_tokens=6)
+    assert steered != sm.generate("hello", max_new_tokens=6)
 
 
 def test_resolve_applies_coeff_and_positions_overrides(llama):

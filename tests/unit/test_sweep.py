@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import build_tiny, random_vector
 
-from actsteer import SteeringSpecError
+from actsteer import SteeringSpecError, SteeringVector
 from actsteer.evaluate.sweep import SweepPoint, calibrate, choose, plot_sweep, sweep
 
 
@@ -43,6 +43,29 @@ def test_sweep_grid_and_plot(sm, tmp_path):
     assert zero.ppl_ratio == pytest.approx(1.0)  # coefficient 0 reproduces the unsteered replies
     assert all(0.0 <= p.success_rate <= 1.0 and math.isfinite(p.perplexity) for p in points)
     assert plot_sweep(points, tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_a_sweep_steers_a_vector_where_it_will_steer_when_used(sm, monkeypatch):
+    """A vector distilled for generated positions is measured there, and a per-position
+    (ActAdd) vector at its ActAdd positions (it could not be swept at all before)."""
+    generated = random_vector(sm, [1, 2], 0.5).with_meta(
+        extra={"training": {"positions": "generated"}}
+    )
+    front = SteeringVector({1: torch.randn(3, sm.hidden_size)})
+    seen = []
+    real = sm.generate_batch_detailed
+
+    def spy(chats, steering=None, **kw):
+        if steering is not None:
+            seen.append(steering.positions)
+        return real(chats, steering, **kw)
+
+    monkeypatch.setattr(sm, "generate_batch_detailed", spy)
+    for v in (generated, front):
+        sweep(
+            sm, v, check="concise", coeffs=(1.0,), prompts=["hi"], max_new_tokens=3, progress=False
+        )
+    assert seen == ["generated", "actadd"]
 
 
 def test_choose_respects_the_quality_budget():
