@@ -93,9 +93,11 @@ class RowStops(StoppingCriteria):
         eos_ids: Sequence[int] = (),
         stop: Sequence[str] = (),
         tokenizer=None,
+        prompt_len: int | None = None,
     ) -> None:
         self.cancels = list(cancels)
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.stop, self.tokenizer, self.prompt_len = list(stop), tokenizer, prompt_len
         self.strings = (
             StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop)) if stop else None
         )
@@ -116,6 +118,10 @@ class RowStops(StoppingCriteria):
         hit = None
         if self.strings is not None:
             hit = self.strings(input_ids, scores).cpu()
+            if self.prompt_len is not None:  # a match must lie in the reply (it may span the
+                for row in hit.nonzero().flatten().tolist():  # prompt's end: not a stop)
+                    reply = self.tokenizer.decode(input_ids[row, self.prompt_len :].tolist())
+                    hit[row] = any(s in reply for s in self.stop)
             ended |= hit
         for row in ended.nonzero().flatten().tolist():
             self.stopped_at.setdefault(row, length)

@@ -5,6 +5,7 @@ as one left-padded Hugging Face ``generate`` with the rows' hook plan active."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import queue
 import threading
@@ -135,17 +136,30 @@ class LocalEngine:
         items: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
         done = object()
+        task = loop.create_future()
+
+        def put(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: no one is reading
+                loop.call_soon_threadsafe(items.put_nowait, item)
 
         def pump() -> None:
             try:
                 for item in self.stream(request, timeout=timeout, cancel=cancel):
-                    loop.call_soon_threadsafe(items.put_nowait, item)
+                    put(item)
             except BaseException as exc:
-                loop.call_soon_threadsafe(items.put_nowait, exc)
+                put(exc)
             finally:
-                loop.call_soon_threadsafe(items.put_nowait, done)
+                put(done)
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(lambda: task.done() or task.set_result(None))
 
-        task = loop.run_in_executor(None, contextvars.copy_context().run, pump)
+        # a thread of its own, not the loop's default executor: a stream holds its thread for
+        # its whole life, and that pool (cores + 4 threads) held later streams back
+        thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(pump,), name="actsteer-astream"
+        )
+        thread.daemon = True
+        thread.start()
         try:
             while True:
                 item = await items.get()
@@ -238,7 +252,7 @@ class LocalEngine:
         plan = sm._steerable(
             combine.left_pad_plan(compiled, mask, sm._layer_devices, sm._layer_dtypes)
         )
-        stops = RowStops(cancels, sm.eos_token_ids, options.stop, sm.tokenizer)
+        stops = RowStops(cancels, sm.eos_token_ids, options.stop, sm.tokenizer, ids.shape[1])
         config = GenerationConfig(
             max_new_tokens=options.max_new_tokens,
             do_sample=False,

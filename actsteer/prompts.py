@@ -27,6 +27,20 @@ def render(tokenizer: Any, prompt: Prompt) -> str:
     return text + "assistant:"
 
 
+def fit_template(tokenizer: Any, chat: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``chat`` if the chat template accepts it, else its portable form (Gemma- and
+    Mistral-style templates refuse a system role or demand strict user/assistant turns): system
+    text moves into the next user turn and same-role turns merge. Frameworks add system
+    messages of their own (LlamaIndex's QA prompts, ``system_prompt``)."""
+    try:
+        render(tokenizer, chat)
+        return chat
+    except Exception:  # the template refused this shape; retry with the portable one
+        portable = _portable(chat)
+        render(tokenizer, portable)
+        return portable
+
+
 def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
     """Token ids of ``prompt``, exactly as a generate call sends them (special tokens only for
     raw strings: a chat template writes its own)."""
@@ -58,3 +72,26 @@ def _message(m: object) -> dict[str, str]:
     raise SteeringSpecError(
         f"a message must be {{'role', 'content'}} or (role, content), got {m!r}"
     )
+
+
+def _portable(chat: list[dict[str, str]]) -> list[dict[str, str]]:
+    """User/assistant turns only, alternating, system text folded into the next user turn."""
+    out: list[dict[str, str]] = []
+    pending: list[str] = []
+    for m in chat:
+        role = m["role"] if m["role"] in ("user", "assistant") else "user"
+        if m["role"] == "system":
+            pending.append(m["content"])
+            continue
+        text = f"The tool returned: {m['content']}" if m["role"] == "tool" else m["content"]
+        content = "\n\n".join([*pending, text]) if role == "user" else text
+        pending = [] if role == "user" else pending
+        if out and out[-1]["role"] == role:
+            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + content}
+        else:
+            out.append({"role": role, "content": content})
+    if pending:
+        out.append({"role": "user", "content": "\n\n".join(pending)})
+    if out and out[0]["role"] == "assistant":
+        out.insert(0, {"role": "user", "content": ""})
+    return out

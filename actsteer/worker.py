@@ -21,6 +21,7 @@ so a merged row gives what the call alone gives.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import functools
 import os
@@ -69,6 +70,8 @@ class _Call:
 
     fn: Callable[[], Any]
     future: Future = field(default_factory=Future)
+    cancel: CallCancel | None = None
+    """Set when the interpreter exits while ``fn`` runs (long work that watches it stops)."""
 
 
 class _Worker:
@@ -80,6 +83,8 @@ class _Worker:
         self._thread: threading.Thread | None = None
         self.waiting = 0
         """Jobs and calls queued and not yet started (``waiting()``)."""
+        self._running: list[Job | _Call] = []
+        self._exiting = False
 
     def here(self) -> bool:
         """Whether the calling thread is the worker (whose calls run directly)."""
@@ -108,14 +113,20 @@ class _Worker:
                         _hold(held, self._queue.get_nowait())
                     except queue.Empty:
                         break
+                if self._exiting:  # drop what waits; the exit handler is joining this thread
+                    for item in held:
+                        item.future.cancel()
+                    return
                 if isinstance(held[0], _Call):
                     self._started(1)
+                    self._running = [held[0]]
                     _run_call(held.popleft())
                     continue
                 before = len(held)
                 group = _take_group(held)
                 self._started(before - len(held))
                 if group:
+                    self._running = list(group)
                     _run_group(group)
             except BaseException as exc:  # never die with callers waiting: fail them instead
                 for item in [*group, *held]:
@@ -125,6 +136,22 @@ class _Worker:
                 held.clear()
             finally:
                 del group  # hold no models or prompts while idle
+                self._running = []
+
+    def exit(self, timeout: float = 30.0) -> None:
+        """At interpreter exit: cancel the rows running (they stop at their next decode step),
+        drop what waits, and wait for the thread to leave torch. A daemon thread still inside a
+        generate when Python finalizes aborts the process ("terminate called without an active
+        exception"): a script that stops reading a stream early and ends would crash."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            return
+        self._exiting = True
+        for item in list(self._running):
+            if item.cancel is not None:
+                item.cancel.set()
+        self._queue.put([])  # wakes an idle thread, which sees _exiting and returns
+        thread.join(timeout)
 
     def _started(self, n: int) -> None:
         with self._lock:
@@ -243,7 +270,7 @@ def call(fn: Callable[[], T], *, cancel: CallCancel | None = None) -> T:
     unless it watches ``cancel``, which the interrupt sets (long work such as distillation)."""
     if _WORKER.here():
         return fn()
-    item = _Call(fn)
+    item = _Call(fn, cancel=cancel)
     _WORKER.submit(item)
     future = item.future
     try:
@@ -276,3 +303,4 @@ def on_worker(fn: Callable[P, T]) -> Callable[P, T]:
 
 if hasattr(os, "register_at_fork"):  # a forked child has no worker thread: start afresh
     os.register_at_fork(after_in_child=_WORKER.__init__)
+atexit.register(lambda: _WORKER.exit())

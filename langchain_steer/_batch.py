@@ -17,15 +17,17 @@ import collections
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from langchain_core.runnables.configurable import (
     RunnableConfigurableAlternatives,
     RunnableConfigurableFields,
 )
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from actsteer.engine import Request
 from actsteer.generation import Generation
@@ -84,10 +86,28 @@ async def _await(future: Future) -> Generation:
         raise
 
 
+def _streams(model: Any, config: RunnableConfig, kwargs: dict[str, Any]) -> bool:
+    """Whether the row's invoke will stream, by LangChain's rule for chat models: ``stream=``,
+    ``streaming=True``, or a streaming callback handler in its config (``astream_events`` and
+    LangGraph's "messages" mode attach one)."""
+    if getattr(model, "streaming", False) or kwargs.get("stream"):
+        return True
+    if not isinstance(model, BaseChatModel) or model.disable_streaming is True:
+        return False
+    callbacks = config.get("callbacks")
+    handlers = getattr(callbacks, "handlers", callbacks) or []
+    return any(isinstance(h, _StreamingCallbackHandler) for h in handlers)
+
+
 def _requests(rows: Sequence[Row], kwargs: dict[str, Any]) -> list[Request | None]:
-    """Each row's request as its invoke will build it; None where it cannot be built here."""
+    """Each row's request as its invoke will build it; None where it cannot be built here, or
+    where the invoke will stream (it starts its own generate: a row submitted for it would run
+    unused)."""
     out: list[Request | None] = []
-    for model, value, _ in rows:
+    for model, value, config in rows:
+        if _streams(model, config, kwargs):
+            out.append(None)
+            continue
         try:
             out.append(model._batch_request(value, dict(kwargs)))
         except Exception:  # the row's own invoke raises it, with its callbacks
@@ -128,6 +148,9 @@ def run(
         chunk = rows[start : start + chunk_size]
         requests = _requests(chunk, kwargs) if len(chunk) > 1 else [None]
         with _submitted(chunk, requests):
+            if len(chunk) > 1 and any(_streams(m, c, kwargs) for m, _, c in chunk):
+                out.extend(_concurrently(chunk, kwargs, return_exceptions))
+                continue
             for model, value, config in chunk:
                 try:
                     out.append(model.invoke(value, config, **kwargs))
@@ -136,6 +159,24 @@ def run(
                         raise
                     out.append(exc)
     return out
+
+
+def _concurrently(chunk: Sequence[Row], kwargs: dict[str, Any], return_exceptions: bool) -> list:
+    """The chunk's invokes in threads at once: streaming rows each start their own generate,
+    and started together those merge (in order, one after another, each ran alone)."""
+
+    def invoke(row: Row) -> Any:
+        model, value, config = row
+        try:
+            return model.invoke(value, config, **kwargs)
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            return exc
+
+    with ThreadPoolExecutor(len(chunk)) as pool:  # each thread sees the submitted rows
+        futures = [pool.submit(contextvars.copy_context().run, invoke, row) for row in chunk]
+        return [f.result() for f in futures]
 
 
 async def arun(
@@ -201,6 +242,22 @@ class _RowBatching:
 
 class BatchedConfigurableFields(_RowBatching, RunnableConfigurableFields):
     """``configurable_fields`` whose batch keeps differently configured rows in one generate."""
+
+    def _prepare(self, config: Any = None) -> tuple[Any, Any]:
+        """LangChain rebuilds the model from the default's fields, its loaded runtime among
+        them: a configured ``model`` (or ``model_kwargs``, ``base_url``) gets its own."""
+        runnable, config = super()._prepare(config)
+        default = self.default
+        which = ("model", "model_kwargs", "base_url")
+        runtime = getattr(runnable, "runtime", None)
+        if (
+            runnable is not default
+            and runtime is not None
+            and runtime is getattr(default, "runtime", None)
+            and any(getattr(runnable, k, None) != getattr(default, k, None) for k in which)
+        ):
+            runnable = runnable._copy_with(runtime=None)
+        return runnable, config
 
 
 class BatchedConfigurableAlternatives(_RowBatching, RunnableConfigurableAlternatives):

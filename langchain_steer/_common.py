@@ -200,6 +200,8 @@ class SteerFields(BaseModel):
     def _fold_options(self, kwargs: dict[str, Any]) -> tuple[Self, dict[str, Any]]:
         """Move per-call option kwargs into a copy's fields, so that LangChain's cache key
         (built from ``_identifying_params``) and traces show the values that were used."""
+        if "max_new_tokens" in kwargs:  # the alias _request takes: part of the cache key too
+            kwargs.setdefault("max_tokens", kwargs.pop("max_new_tokens"))
         changes = {k: kwargs.pop(k) for k in OPTION_FIELDS if k in kwargs}
         return (self._copy_with(**changes) if changes else self), kwargs
 
@@ -219,6 +221,7 @@ class SteerFields(BaseModel):
     def _identifying(self) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
+            "base_url": self.base_url,  # a server's and an in-process model's answers differ
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,

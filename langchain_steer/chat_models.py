@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -336,18 +336,18 @@ class ChatSteer(SteerFields, BaseChatModel):
 
 # -- structured output helpers -------------------------------------------------------------------
 def _with_json(steering: Any) -> Any:
-    """The model's steering plus the ``json`` preset (unless it already steers with it)."""
+    """The model's steering plus the ``json`` preset, unless an expression in it (alone, in a
+    list, or a mapping's) already names ``json``."""
+    from actsteer.expressions import parse
+
     if steering is None:
         return "json"
-    if isinstance(steering, str):
-        from actsteer.expressions import parse
-
-        return (
-            steering
-            if any(t.source == "json" for t in parse(steering).terms)
-            else f"{steering} + json"
-        )
-    return [*(steering if isinstance(steering, list | tuple) else [steering]), "json"]
+    items = list(steering) if isinstance(steering, list | tuple) else [steering]
+    for item in items:
+        text = item.get("expression") if isinstance(item, Mapping) else item
+        if isinstance(text, str) and any(t.source == "json" for t in parse(text).terms):
+            return steering
+    return f"{steering} + json" if isinstance(steering, str) else [*items, "json"]
 
 
 def _instructions(json_schema: dict[str, Any] | None) -> str:

@@ -17,7 +17,7 @@ from langchain_core.messages import (
 )
 
 from actsteer import SteeredModel
-from actsteer.prompts import Prompt
+from actsteer.prompts import Prompt, fit_template
 
 _MULTIMODAL = {"image", "image_url", "audio", "input_audio", "video", "file"}
 
@@ -32,13 +32,7 @@ def render_messages(sm: SteeredModel, messages: Sequence[BaseMessage]) -> Prompt
     chat = [
         _as_dict(m, tool_role=isinstance(template, str) and "tool" in template) for m in messages
     ]
-    try:
-        sm.render(chat)
-        return chat
-    except Exception:  # the template refused this shape; retry with the portable one
-        portable = _portable(chat)
-        sm.render(portable)
-        return portable
+    return fit_template(sm.tokenizer, chat)
 
 
 def plain_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
@@ -75,26 +69,3 @@ def _as_dict(m: BaseMessage, *, tool_role: bool) -> dict[str, str]:
 
 def _arguments(args: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in args.items())
-
-
-def _portable(chat: list[dict[str, str]]) -> list[dict[str, str]]:
-    """User/assistant turns only, alternating, system text folded into the next user turn."""
-    out: list[dict[str, str]] = []
-    pending: list[str] = []
-    for m in chat:
-        role = m["role"] if m["role"] in ("user", "assistant") else "user"
-        if m["role"] == "system":
-            pending.append(m["content"])
-            continue
-        text = f"The tool returned: {m['content']}" if m["role"] == "tool" else m["content"]
-        content = "\n\n".join([*pending, text]) if role == "user" else text
-        pending = [] if role == "user" else pending
-        if out and out[-1]["role"] == role:
-            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + content}
-        else:
-            out.append({"role": role, "content": content})
-    if pending:
-        out.append({"role": "user", "content": "\n\n".join(pending)})
-    if out and out[0]["role"] == "assistant":
-        out.insert(0, {"role": "user", "content": ""})
-    return out

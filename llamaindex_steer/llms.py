@@ -50,7 +50,7 @@ from llama_index.core.types import Model
 from actsteer import SteeredModel, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
-from actsteer.prompts import Prompt
+from actsteer.prompts import Prompt, fit_template
 from actsteer.remote import remote_engine
 
 from .calls import (
@@ -400,7 +400,7 @@ class SteerLLM(CustomLLM):
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self.messages_to_prompt not in (None, generic_messages):
             return self.messages_to_prompt(messages)  # a user-supplied formatter: sent verbatim
-        return [as_engine_message(m) for m in messages]
+        return self._fitted([as_engine_message(m) for m in messages])
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> Prompt:
         if formatted:
@@ -410,4 +410,11 @@ class SteerLLM(CustomLLM):
         if self.base_url is None and not has_chat_template(self.steered_model):
             return f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return [*system, {"role": "user", "content": prompt}]
+        return self._fitted([*system, {"role": "user", "content": prompt}])
+
+    def _fitted(self, chat: list[dict[str, str]]) -> Prompt:
+        """In-process, the roles this model's chat template accepts (``fit_template``); a
+        server applies its own template."""
+        return (
+            chat if self.base_url is not None else fit_template(self.steered_model.tokenizer, chat)
+        )

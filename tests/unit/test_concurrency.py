@@ -72,6 +72,30 @@ async def test_astream_matches_generate(sm, settings, references):
     assert "".join(pieces) == references[1]
 
 
+async def test_an_open_astream_holds_no_thread_of_the_loops_default_executor(
+    sm, settings, references
+):
+    """Each stream held a thread of the loop's default executor for its whole life (6 on two
+    cores), so later streams and ``to_thread`` calls waited for earlier streams to end."""
+    i = next(i for i, text in enumerate(references) if text)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    release = threading.Event()
+    busy = threading.Thread(target=worker.call, args=(release.wait,))
+    busy.start()  # the generation thread is busy: the stream below stays open, waiting
+    try:
+        stream = sm.astream(PROMPTS[i], settings[i], **GEN)
+        first = asyncio.ensure_future(stream.__anext__())
+        while worker.waiting() < 1:  # its job is queued: the stream is open
+            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(loop.run_in_executor(None, int), 10) == 0
+    finally:
+        release.set()
+        busy.join()
+    pieces = [await first] + [p async for p in stream]
+    assert "".join(pieces) == references[i]
+
+
 def test_mixed_batch_rows_match_references(sm, settings, references):
     assert sm.generate_batch(PROMPTS, list(settings), **GEN) == references
 

@@ -220,6 +220,31 @@ async def test_async_paths_equal_sync_and_do_not_block_the_loop(chat, vec, monke
     assert slept == [1, 2] and ticks >= 20  # the abatch rows generated together
 
 
+def test_streaming_rows_of_a_batch_generate_once_and_together(sm, request):
+    """A streaming handler (``astream_events``, LangGraph's "messages" mode) made every row
+    generate twice, once unused; ``streaming=True`` rows generated one at a time."""
+    from langchain_core.tracers._streaming import _StreamingCallbackHandler
+
+    class Tap(BaseCallbackHandler, _StreamingCallbackHandler):
+        def tap_output_iter(self, run_id, output):
+            return output
+
+        def tap_output_aiter(self, run_id, output):
+            return output
+
+    rows: list[int] = []
+    request.addfinalizer(sm.engine.observe(rows.append))
+    inputs = [f"hello {i}" for i in range(6)]
+    expected = [ChatSteer(runtime=sm, max_tokens=40).invoke(x).content for x in inputs]
+    rows.clear()
+    tapped = ChatSteer(runtime=sm, max_tokens=40).batch(inputs, config={"callbacks": [Tap()]})
+    assert [m.content for m in tapped] == expected and sum(rows) == len(inputs)
+    rows.clear()
+    streamed = ChatSteer(runtime=sm, max_tokens=40, streaming=True).batch(inputs)
+    assert [m.content for m in streamed] == expected and sum(rows) == len(inputs)
+    assert len(rows) < len(inputs)  # started together, the streams merged
+
+
 def test_cache_never_mixes_steered_and_unsteered(sm, vec, monkeypatch, request):
     calls = []
     remove = sm.engine.observe(lambda rows: calls.append(rows))
@@ -359,6 +384,10 @@ def test_structured_output_steers_instructs_parses_and_validates(chat, sm, monke
     both = chat.with_steering("concise").with_structured_output(Person, method="function_calling")
     both.invoke("x")
     assert sorted(t.name for s in seen[-1].steering for t in s.terms) == ["concise", "json"]
+    # json already named, in a string, a list or a mapping: not added a second time
+    for steering in ("json:4", ["json:4"], {"expression": "json:4", "positions": "generated"}):
+        chat.with_steering(steering).with_structured_output(Person).invoke("x")
+        assert [(t.name, t.coeff) for s in seen[-1].steering for t in s.terms] == [("json", 4)]
 
 
 def test_structured_output_errors_and_include_raw(chat, sm, monkeypatch):

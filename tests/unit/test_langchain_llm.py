@@ -103,3 +103,20 @@ def test_cache_keys_on_per_call_steering(sm, vec, sizes):
     assert llm.invoke("cache me") == plain and llm.invoke("cache me", steering=vec) == steered
     assert llm.invoke("cache me", max_tokens=4) != plain
     assert sizes == [1, 1, 1]
+    # the max_new_tokens alias is keyed as max_tokens: a short answer is not served for later
+    short = SteerLLM(runtime=sm, max_tokens=8, cache=InMemoryCache())
+    assert short.invoke("cache me", max_new_tokens=2) != short.invoke("cache me") == plain
+
+
+def test_a_configured_model_generates_with_that_model(sm, tmp_path):
+    """``configurable_fields(model=...)``: LangChain rebuilds from the default's fields, its
+    loaded runtime among them, which kept generating with the old model under the new name."""
+    other = build_tiny("gpt2", seed=5)
+    other.model.save_pretrained(tmp_path / "other")
+    other.tokenizer.save_pretrained(tmp_path / "other")
+    llm = SteerLLM(runtime=sm, max_tokens=6)
+    knob = llm.configurable_fields(model=ConfigurableField(id="model"))
+    switched = knob.invoke("hello", config={"configurable": {"model": str(tmp_path / "other")}})
+    assert switched == SteerLLM(runtime=other, max_tokens=6).invoke("hello")
+    assert switched != llm.invoke("hello")
+    assert knob.invoke("hello") == llm.invoke("hello")

@@ -99,6 +99,29 @@ def test_chat_renders_messages_and_honours_a_custom_formatter(llm, sm):
     assert custom.chat(messages).message.content == ref(sm, "X: hi\nY:")
 
 
+def test_strict_chat_templates_get_the_portable_shape():
+    """A template that refuses a system role (Gemma-, Mistral-style) failed every query engine:
+    LlamaIndex's QA prompts and ``system_prompt`` add system messages. As in ChatSteer, the
+    system text moves into the user turn."""
+    from conftest import tiny_tokenizer
+    from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
+
+    strict = build_tiny("llama", seed=11)
+    strict.tokenizer = tiny_tokenizer()
+    strict.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+        "{% endif %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('roles must alternate') }}{% endif %}"
+        "[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    )
+    llm = SteerLLM(runtime=strict, max_new_tokens=GEN, system_prompt="be brief")
+    folded = [{"role": "user", "content": f"be brief\n\n{PROMPT}"}]
+    assert llm.complete(PROMPT).text == ref(strict, folded)
+    messages = [ChatMessage(role="system", content="S"), ChatMessage(role="user", content="hi")]
+    assert llm.chat(messages).message.content == ref(strict, user("S\n\nhi"))
+    assert isinstance(llm.predict(CHAT_TEXT_QA_PROMPT, context_str="c", query_str="q"), str)
+
+
 def test_stream_joins_to_the_same_text_with_running_totals(llm, sm, vecs):
     steering = Steering(vecs[0], 1.5)
     full = llm.complete(PROMPT, steering=steering).text

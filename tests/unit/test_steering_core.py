@@ -61,6 +61,20 @@ def test_stop_strings_cut_identically_in_stream_and_generate(llama):
     assert detail.finish_reason == "stop"
 
 
+def test_a_stop_string_spanning_the_prompts_end_does_not_stop_the_reply():
+    """Stop strings match the reply only (as vLLM's): one made of the prompt's last character
+    and the reply's first cut the reply to one token."""
+    sm = build_tiny("llama", seed=11)
+    chat = [{"role": "user", "content": "hello"}]
+    full = sm.generate(chat, max_new_tokens=12)
+    assert sm.render(chat).endswith("\n")
+    stop = ["\n" + full[0]]
+    assert stop[0] not in full
+    detail = sm.generate_detailed(chat, max_new_tokens=12, stop=stop)
+    assert (detail.text, detail.finish_reason) == (full, "length")
+    assert "".join(sm.stream(chat, max_new_tokens=12, stop=stop)) == full
+
+
 def test_generated_positions_leave_prompt_logits_unchanged(tiny):
     v = random_vector(tiny, [1, 2], 2.0)
     ids = torch.tensor([tiny.encode("hello world")])

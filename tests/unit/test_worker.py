@@ -387,3 +387,29 @@ def test_the_worker_survives_fatal_errors_and_retries_failed_merges(sm, settings
     remove()
     assert outs == {i: sm.generate(PROMPTS[i], settings[i], **GEN) for i in (1, 2)}
     assert sizes == [2, 1, 1]  # the failed merge, then each row alone
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import build_tiny
+from langchain_steer import ChatSteer
+chat = ChatSteer(runtime=build_tiny("llama", seed=11), max_tokens=300)
+for chunk in chat.stream("hello"):
+    break  # a script that has what it needs, and ends while the row still runs
+print("done")
+"""
+
+
+def test_a_script_ending_while_a_row_runs_exits_cleanly():
+    """Python finalizing while the generation thread is inside a generate aborted the process
+    (exit 134, "terminate called without an active exception") in most runs: at exit the
+    running rows are now cancelled and the thread joined."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = EXIT_SCRIPT.format(tests=str(Path(__file__).resolve().parent.parent))
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert (out.returncode, out.stdout.strip()) == (0, "done"), out.stderr[-2000:]
