@@ -91,6 +91,22 @@ class VectorMeta:
     recommended_coeff: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # a file's norms scale relative steering: a negative one would flip the direction
+        for layer, norm in self.layer_norms.items():
+            if isinstance(norm, bool) or not (
+                isinstance(norm, numbers.Real) and math.isfinite(norm) and norm > 0
+            ):
+                raise SteeringSpecError(
+                    f"invalid vector metadata: layer {layer}'s norm must be a finite number "
+                    f"> 0, got {norm!r}"
+                )
+        coeff = self.recommended_coeff
+        if coeff is not None and not (isinstance(coeff, numbers.Real) and math.isfinite(coeff)):
+            raise SteeringSpecError(
+                f"invalid vector metadata: recommended_coeff must be finite, got {coeff!r}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": None if self.model is None else self.model.to_dict(),

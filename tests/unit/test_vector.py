@@ -163,6 +163,29 @@ def test_missing_and_corrupt_files_raise_vector_file_error(tmp_path):
         SteeringVector.load(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        ({"layer_norms": {"1": -3.0}}, "layer 1's norm"),  # would flip relative steering
+        ({"layer_norms": {"1": 0.0}}, "layer 1's norm"),
+        ({"layer_norms": {"1": "inf"}}, "layer 1's norm"),
+        ({"recommended_coeff": "nan"}, "recommended_coeff"),
+    ],
+)
+def test_metadata_that_would_misdirect_steering_is_refused(tmp_path, meta, match):
+    from actsteer.formats.native import write_native
+
+    path = tmp_path / "v.safetensors"
+    write_native(path, {1: torch.ones(8)}, meta)
+    with pytest.raises(SteeringSpecError, match=match):
+        SteeringVector.load(path)
+    with pytest.raises(SteeringSpecError, match=match):
+        VectorMeta(
+            layer_norms={1: -1.0} if "layer_norms" in meta else {},
+            recommended_coeff=(math.inf if "recommended_coeff" in meta else None),
+        )
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=400))
 def test_garbled_bytes_only_raise_actsteer_errors(tmp_path_factory, data):
