@@ -81,16 +81,20 @@ def teacher_examples(
         return_dict_in_generate=True,
     )
     cache_arg = next((a for a in ("cache", "past_key_values") if _accepts(sm.model, a)), None)
+    share_prefix = share_prefix and cache_arg is not None and _attention_only(sm.model)
     out: list[Example] = []
     for start in range(0, len(inputs), batch_size):
         chunk = teacher_ids[start : start + batch_size]
-        shared = shared_prefix(chunk) if len(chunk) > 1 and cache_arg and share_prefix else 0
-        ids, mask = _left_pad(sm, [c[shared:] for c in chunk])
-        kwargs: dict = {}
+        shared = shared_prefix(chunk) if len(chunk) > 1 and share_prefix else 0
         with torch.inference_mode():
-            if shared:  # the prompt's shared start runs once; each row continues from its cache
-                prefix = torch.tensor([chunk[0][:shared]], device=ids.device)
-                kwargs[cache_arg] = _prefix_cache(sm, prefix, cache_arg, len(chunk))
+            # the prompts' shared start runs once; each row continues from its cache
+            prefix = torch.tensor([chunk[0][:shared]], device=sm.device)
+            cache = _prefix_cache(sm, prefix, cache_arg, len(chunk)) if shared else None
+            shared = shared if cache is not None else 0
+            ids, mask = _left_pad(sm, [c[shared:] for c in chunk])
+            kwargs: dict = {}
+            if shared:
+                kwargs[cache_arg] = cache
                 ids = torch.cat([prefix.expand(len(chunk), -1), ids], dim=1)
                 mask = torch.cat([torch.ones_like(ids[:, :shared]), mask], dim=1)
             result = sm.model.generate(
@@ -118,14 +122,31 @@ def teacher_examples(
 
 
 def _prefix_cache(sm: SteeredModel, prefix: torch.Tensor, cache_arg: str, rows: int):
-    """The KV cache of ``prefix`` (one row), repeated for ``rows`` rows."""
+    """The KV cache of ``prefix`` (one row), repeated for ``rows`` rows; None for a cache that
+    cannot be repeated."""
     kwargs: dict = {"use_cache": True}
     if _accepts(sm.model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     out = sm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), **kwargs)
-    cache = out[cache_arg]  # the output field is named as the argument
+    cache = out.get(cache_arg)  # the output field is named as the argument
+    if not callable(getattr(cache, "batch_repeat_interleave", None)):
+        return None
     cache.batch_repeat_interleave(rows)
     return cache
+
+
+_ATTENTION = {"full_attention", "sliding_attention", "chunked_attention"}
+_RECURRENT = ("mamba", "rwkv", "ssm", "recurrent", "xlstm", "jamba", "zamba", "bamba", "lfm2")
+
+
+def _attention_only(model: torch.nn.Module) -> bool:
+    """Whether every layer is attention, where a shared cached prefix, a gap in the mask and
+    packed rows mean what they say; a recurrent or state-space layer reads them differently."""
+    cfg = model.config
+    if set(getattr(cfg, "layer_types", None) or ()) - _ATTENTION:
+        return False
+    name = f"{getattr(cfg, 'model_type', '')} {type(model).__name__}".lower()
+    return not any(kind in name for kind in _RECURRENT)
 
 
 def _left_pad(sm: SteeredModel, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,13 +245,15 @@ def packed_logprobs(
     about a third fewer tokens, with the same numbers to float rounding.
 
     None where packing does not apply: attention other than sdpa/eager (a custom mask is
-    needed), no ``position_ids``/``logits_to_keep``, ActAdd positions (relative to a row's
-    start), a sliding window shorter than a row, or over ``MAX_PACKED_TOKENS`` tokens.
+    needed), a layer that is not attention, no ``position_ids``/``logits_to_keep``, ActAdd
+    positions (relative to a row's start), a sliding window shorter than a row, or over
+    ``MAX_PACKED_TOKENS`` tokens.
     """
     model = sm.model
     cfg = model.config
     if (
         getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager")
+        or not _attention_only(model)
         or not (_accepts(model, "position_ids") and _accepts(model, "logits_to_keep"))
         or any(positions == "actadd" for positions, _ in (row or {}))
     ):

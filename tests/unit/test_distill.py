@@ -173,6 +173,23 @@ def test_packing_steps_aside_where_it_cannot_apply(sm):
     assert T.packed_logprobs(sm, long, [[5]]) is None
 
 
+def test_packing_and_prefix_sharing_need_attention_only_layers():
+    """A recurrent or state-space layer reads a gap in the mask and packed rows differently:
+    such models keep the padded forms."""
+    sm = build_tiny("llama", seed=2)
+    assert T._attention_only(sm.model)
+    chats, _ = T.chats(PROMPT, INPUTS[:2], template=False)
+    prompts = [sm.encode(c) for c in chats]
+    sm.model.config.layer_types = [
+        "full_attention",
+        "linear_attention",
+        "full_attention",
+        "full_attention",
+    ]
+    assert not T._attention_only(sm.model)
+    assert T.packed_logprobs(sm, prompts, [[5], [6]]) is None
+
+
 def test_a_caller_position_mask_of_the_wrong_shape_is_refused(sm):
     row = D.vector_row({1: torch.ones(sm.hidden_size)}, "prompt")
     plan = sm._build_plan([(row, "t")], None, None)
