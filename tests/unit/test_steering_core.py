@@ -266,7 +266,6 @@ def test_an_offloaded_layer_is_steered_where_it_runs(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from actsteer import SteeredModel
-    from actsteer.layers import placement
 
     sm = build_tiny("llama", seed=3)
     sm.model.save_pretrained(tmp_path / "m")
@@ -278,11 +277,13 @@ def test_an_offloaded_layer_is_steered_where_it_runs(tmp_path):
     )
     assert next(model.model.layers[1].parameters()).device.type == "meta"
     offloaded = SteeredModel.from_model(model, sm.tokenizer, name="tiny-llama")
-    assert placement(offloaded.layers[1]) == (torch.device("cpu"), torch.float32)
     v = random_vector(sm, [1], 2.0)
     steered = offloaded.generate("hello", Steering(v), max_new_tokens=6)
     assert steered == sm.generate("hello", Steering(v), max_new_tokens=6)
     assert steered != sm.generate("hello", max_new_tokens=6)
+    from actsteer.layers import placement
+
+    assert placement(offloaded.layers[1]) == (torch.device("cpu"), torch.float32)
 
 
 def test_resolve_applies_coeff_and_positions_overrides(llama):
