@@ -201,10 +201,8 @@ class CallState:
         self.chunk_mask = pad_mask
         plan = self.plan
         if past == 0 and (plan is None or plan.prompt_len is None):
-            # raw calls under ``steer()``: each new sequence's first forward is its prompt, and
-            # its left padding (leading pad columns) is where each row's ActAdd positions start
+            # raw calls under ``steer()``: each new sequence's first forward is its prompt
             self.prompt_len = length
-            self.starts = (~pad_mask).long().cumprod(dim=1).sum(dim=1)
         if plan is None:
             return
         if batch != plan.batch_size and plan.batch_size != 1:
@@ -231,6 +229,8 @@ class CallState:
             elif mode == "generated":
                 m = pad_mask & (pos >= prompt)[None, :]
             else:
+                if plan.starts is None and past == 0:  # raw calls: each row's leading pads
+                    self.starts = (~pad_mask).long().cumprod(dim=1).sum(dim=1)
                 starts = plan.starts if plan.starts is not None else self.starts
                 starts = starts if starts is not None else torch.zeros(batch)
                 rel = pos[None, :] - starts.to(pad_mask.device, torch.long)[:, None]

@@ -88,8 +88,10 @@ def teacher_examples(
         shared = shared_prefix(chunk) if len(chunk) > 1 and share_prefix else 0
         with torch.inference_mode():
             # the prompts' shared start runs once; each row continues from its cache
-            prefix = torch.tensor([chunk[0][:shared]], device=sm.device)
-            cache = _prefix_cache(sm, prefix, cache_arg, len(chunk)) if shared else None
+            cache = None
+            if shared:
+                prefix = torch.tensor([chunk[0][:shared]], device=sm.device)
+                cache = _prefix_cache(sm, prefix, cache_arg, len(chunk))
             shared = shared if cache is not None else 0
             ids, mask = _left_pad(sm, [c[shared:] for c in chunk])
             kwargs: dict = {}

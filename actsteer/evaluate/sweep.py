@@ -61,19 +61,15 @@ def sweep(
     get_check(check)  # an unknown check fails before any work
     prompts = list(prompts) if prompts is not None else neutral_inputs("heldout")[:8]
     chats = [[{"role": "user", "content": p}] for p in prompts]
-    if layer_sets is None:
-        if not isinstance(source, SteeringVector):
-            from .. import presets
-
-            layer_sets = [presets.get(source).layer_indices(sm.num_layers)]
-        else:
-            layer_sets = [list(source.layers)]
-    if isinstance(source, SteeringVector):  # measured where it will steer when used
-        positions = trained_positions(source)
+    # its default layers, and the positions it will steer at when used
+    if isinstance(source, SteeringVector):
+        default_layers, positions = list(source.layers), trained_positions(source)
     else:
         from .. import presets
 
-        positions = presets.get(source).positions
+        preset = presets.get(source)
+        default_layers, positions = preset.layer_indices(sm.num_layers), preset.positions
+    layer_sets = layer_sets if layer_sets is not None else [default_layers]
     base = reply_perplexity(
         sm, chats, sm.generate_batch(chats, None, max_new_tokens=max_new_tokens)
     )
