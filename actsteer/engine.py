@@ -30,10 +30,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import OptionsError
+from .constrain.spec import Constraint
+from .errors import OptionsError, ToolSpecError
 from .generation import Generation
 from .prompts import Prompt
 from .spec import Steering, SteeringLike, steering_info
+from .tools.spec import ToolSpec, tool_choice, tool_specs
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,32 @@ class GenerationOptions:
 
 @dataclass(frozen=True, eq=False)
 class Request:
-    """One generation request: the prompt, its resolved steering and the options."""
+    """One generation request: the prompt, its resolved steering and the options, and what the
+    reply must look like: a ``constraint`` (JSON schema, regex, grammar) or tools it may call."""
 
     prompt: Prompt
     steering: tuple[Steering, ...] = ()
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    constraint: Constraint | None = None
+    """A grammar the reply follows token by token (``actsteer.constrain``)."""
+    tools: tuple[ToolSpec, ...] = ()
+    """Tools offered to the model through its chat template; replies are parsed into calls."""
+    tool_choice: str = "auto"
+    """``"auto"`` (text or calls, calls well formed), ``"none"``, ``"required"`` (only calls)
+    or a tool's name (a call of that tool)."""
+    parallel_tool_calls: bool | None = None
+    """Whether a reply may hold several calls (None: yes under ``"auto"``, one call when forced)."""
+
+    def __post_init__(self) -> None:
+        tools = tool_specs(self.tools)
+        object.__setattr__(self, "tools", tools)
+        object.__setattr__(self, "tool_choice", tool_choice(self.tool_choice, tools))
+        object.__setattr__(self, "constraint", Constraint.of(self.constraint))
+        if self.constraint is not None and tools and self.tool_choice != "none":
+            raise ToolSpecError(
+                "a request cannot both constrain its reply and offer tools: pass "
+                "tool_choice='none' with a constraint, or no constraint with tools"
+            )
 
     def info(self) -> dict[str, Any]:
         """What steers this request, for response metadata and traces."""
@@ -103,7 +126,8 @@ class Request:
             else repr(s)
             for s in self.steering
         )
-        return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options)
+        shape = (self.constraint, self.tools, self.tool_choice, self.parallel_tool_calls)
+        return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options, shape)
 
 
 @runtime_checkable

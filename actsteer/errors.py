@@ -69,6 +69,16 @@ class OptionsError(ActsteerError, ValueError):
     is invalid."""
 
 
+class ConstraintError(ActsteerError, ValueError):
+    """A decoding constraint (JSON schema, regex, grammar) is invalid or uses a feature the
+    grammar engine (xgrammar) does not support."""
+
+
+class ToolSpecError(ActsteerError, ValueError):
+    """A tool definition or ``tool_choice`` is invalid: an unserialisable signature, a bad name,
+    a parameters schema that cannot be compiled, a choice naming no bound tool."""
+
+
 def _caret(text: str, pos: int) -> str:
     lo, hi = max(0, pos - 40), min(len(text), pos + 40)
     shown = "".join(c if c.isprintable() else " " for c in text[lo:hi])

@@ -14,7 +14,9 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.generation.streamers import BaseStreamer
 
-FinishReason = Literal["stop", "length", "cancelled"]
+from .tools.spec import InvalidToolCall, ToolCall
+
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class Generation:
     token_ids: tuple[int, ...] = ()
     """The generated ids as counted in ``completion_tokens`` (the ending EOS included); with a
     stop string they run to the step where it was found, past the cut text."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Well-formed calls of the request's tools (``text`` is then the content around them)."""
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
+    """Calls that could not be parsed, or name no bound tool."""
 
 
 class SeededSampler(LogitsProcessor):

@@ -19,6 +19,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from . import combine, hooks, resolve, worker
+from .constrain.decode import Grammars, RowGrammars
 from .engine import GenerationOptions, Request
 from .errors import GenerationError, SteeringSpecError
 from .generation import (
@@ -32,6 +33,7 @@ from .generation import (
     safe_length,
 )
 from .spec import Steering, SteeringLike
+from .tools.formats import format_for, shown_content
 
 if TYPE_CHECKING:
     from .model import SteeredModel
@@ -49,6 +51,8 @@ class _Rows:
     """Where each request stands in the call that made this job."""
     encoded: list[list[int]] | None = None
     compiled: list[combine.Compiled] | None = None
+    grammars: list[Any] | None = None
+    """Each row's compiled grammar (its constraint, or its tool calls' structural tag), or None."""
     stream: TokenQueue | None = None
 
 
@@ -57,6 +61,7 @@ class LocalEngine:
 
     def __init__(self, sm: SteeredModel) -> None:
         self.sm = sm
+        self._grammars: Grammars | None = None
         self._observers: list[tuple[Callable[[int], None] | None, Callable | None]] = []
 
     @property
@@ -198,31 +203,47 @@ class LocalEngine:
 
     def _prepare(self, job: worker.Job) -> None:
         rows: _Rows = job.payload
-        rows.encoded = [self.sm.encode(r.prompt) for r in rows.requests]
+        rows.encoded = [self.sm.encode(r.prompt, r.tools) for r in rows.requests]
         norms = self.sm.activation_norms() if any(r.steering for r in rows.requests) else {}
         rows.compiled = [
             combine.compile_row(r.steering, self.sm.fingerprint, norms) for r in rows.requests
         ]
+        rows.grammars = [self._grammar(r) for r in rows.requests]
+
+    def _grammar(self, request: Request) -> Any:
+        """The compiled grammar a request's reply follows, or None."""
+        constraint = request.constraint
+        if constraint is None and request.tools:
+            fmt = format_for(self.sm.tokenizer)
+            constraint = fmt.constraint(
+                request.tools, request.tool_choice, request.parallel_tool_calls
+            )
+        if constraint is None:
+            return None
+        if self._grammars is None:
+            vocab = self.sm.model.get_output_embeddings().weight.shape[0]
+            self._grammars = Grammars(self.sm.tokenizer, vocab, self.sm.eos_token_ids)
+        return self._grammars.compile(constraint)
 
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """One generate for a merged group (on the worker); one list of rows per job."""
-        encoded: list[list[int]] = []
-        compiled: list[combine.Compiled] = []
+        batch = _Rows([], encoded=[], compiled=[], grammars=[])
         cancels: list[CallCancel] = []
         streams: list[tuple[int, TokenQueue]] = []
         for job in group:
             rows: _Rows = job.payload
             if rows.stream is not None:
-                streams.append((len(encoded), rows.stream))
-            encoded += rows.encoded or []
-            compiled += rows.compiled or []
+                streams.append((len(batch.requests), rows.stream))
+            batch.requests = [*batch.requests, *rows.requests]
+            batch.encoded += rows.encoded or []
+            batch.compiled += rows.compiled or []
+            batch.grammars += rows.grammars or [None] * len(rows.requests)
             cancels += [job.cancel] * len(rows.requests)
-        options: GenerationOptions = group[0].payload.requests[0].options
         try:
             for before, _ in list(self._observers):
                 if before is not None:
-                    before(len(encoded))
-            gens = self._generate_rows(encoded, compiled, cancels, options, streams)
+                    before(len(batch.requests))
+            gens = self._generate_rows(batch, cancels, streams)
             for _, after in list(self._observers):
                 if after is not None:
                     after(gens)
@@ -239,15 +260,16 @@ class LocalEngine:
     # -- generating (on the worker) ---------------------------------------------------------
     def _generate_rows(
         self,
-        encoded: list[list[int]],
-        compiled: list[combine.Compiled],
+        batch: _Rows,
         cancels: list[CallCancel],
-        options: GenerationOptions,
         streams: Sequence[tuple[int, TokenQueue]] = (),
     ) -> list[Generation]:
-        """One left-padded generate of prepared rows. Each row's result ends where the row
-        ended (EOS, stop string, cancel), however long the batch went on."""
+        """One left-padded generate of prepared rows (equal options). Each row's result ends
+        where the row ended (EOS, stop string, cancel, its grammar), however long the batch
+        went on."""
         sm = self.sm
+        encoded, compiled = batch.encoded or [], batch.compiled or []
+        options = batch.requests[0].options
         ids, mask = sm._pad(encoded)
         plan = sm._steerable(
             combine.left_pad_plan(compiled, mask, sm._layer_devices, sm._layer_dtypes)
@@ -261,6 +283,8 @@ class LocalEngine:
             eos_token_id=list(sm.eos_token_ids) or None,
         )
         processors = LogitsProcessorList()
+        if any(g is not None for g in batch.grammars or ()):  # masks first, then sampling
+            processors.append(RowGrammars(batch.grammars, ids.shape[1], self._grammars.vocab_size))
         if options.temperature > 0:
             processors.append(
                 SeededSampler(ids.shape[0], options.temperature, options.top_p, options.seed)
@@ -280,7 +304,7 @@ class LocalEngine:
             self._finish(
                 len(tokens),
                 out[row, ids.shape[1] : stops.stopped_at.get(row, width)].tolist(),
-                options,
+                batch.requests[row],
                 cancels[row],
                 compiled[row][1],
             )
@@ -291,10 +315,11 @@ class LocalEngine:
         self,
         prompt_tokens: int,
         new: Sequence[int],
-        options: GenerationOptions,
+        request: Request,
         cancel: CallCancel,
         steering: str | None,
     ) -> Generation:
+        options = request.options
         eos = self.sm.eos_token_ids
         kept = _until_eos(new, eos)
         decoded = decode_reply(self.sm.tokenizer, kept)
@@ -307,7 +332,14 @@ class LocalEngine:
         else:
             reason = "cancelled" if cancel.is_set() else "stop"
         used = len(kept) + (1 if ended_on_eos else 0)
-        return Generation(text, prompt_tokens, used, reason, steering, tuple(new[:used]))
+        calls: tuple = ()
+        invalid: tuple = ()
+        if request.tools:
+            text, calls, invalid = format_for(self.sm.tokenizer).parse(text, request.tools)
+            reason = "tool_calls" if calls and reason == "stop" else reason
+        return Generation(
+            text, prompt_tokens, used, reason, steering, tuple(new[:used]), calls, invalid
+        )
 
     def _decode(self, new: Sequence[int]) -> str:
         return decode_reply(self.sm.tokenizer, _until_eos(new, self.sm.eos_token_ids))
@@ -315,8 +347,10 @@ class LocalEngine:
     # -- streaming (on the caller's thread) -------------------------------------------------
     def _stream(self, job: worker.Job, timeout: float | None) -> Iterator[str | Generation]:
         rows: _Rows = job.payload
-        options = rows.requests[0].options
+        request = rows.requests[0]
+        options = request.options
         stop = options.stop
+        trigger = format_for(self.sm.tokenizer).trigger if request.tools else None
         tokens_in = rows.stream
         assert tokens_in is not None and rows.encoded is not None and rows.compiled is not None
         (future,) = worker.submit(job)
@@ -343,6 +377,9 @@ class LocalEngine:
                 new.extend(item)
                 text, hit = cut_at_stop(self._decode(new), stop)
                 upto = len(text) if hit else safe_length(text, stop)
+                if trigger is not None:  # content only: a call's text is held back
+                    text = shown_content(text[:upto], trigger)
+                    upto = len(text)
                 if upto > sent:
                     yield text[sent:upto]
                     sent = upto
@@ -350,10 +387,12 @@ class LocalEngine:
                     break
             if not (hit or tokens_in.row_done or future.cancelled()):
                 future.result()  # the generate ended before this row did: re-raise a failure
-            text, _ = cut_at_stop(self._decode(new), stop)
-            if len(text) > sent:
-                yield text[sent:]
-            yield self._finish(len(rows.encoded[0]), new, options, job.cancel, rows.compiled[0][1])
+            final = self._finish(
+                len(rows.encoded[0]), new, request, job.cancel, rows.compiled[0][1]
+            )
+            if len(final.text) > sent:
+                yield final.text[sent:]
+            yield final
         finally:
             job.cancel.set()  # an abandoned stream's row stops at the next step
             future.cancel()  # ... or never starts

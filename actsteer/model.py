@@ -21,6 +21,7 @@ from .layers import find_layers, placement
 from .local import LocalEngine
 from .prompts import Prompt
 from .spec import Steering, SteeringLike
+from .tools.spec import ToolSpec
 from .vector import ModelFingerprint, SteeringVector
 
 __all__ = ["Prompt", "SteeredModel"]
@@ -162,14 +163,15 @@ class SteeredModel:
         return f"SteeredModel({fp.name!r}, layers={fp.num_layers}, hidden={fp.hidden_size})"
 
     # -- prompts --------------------------------------------------------------------------------
-    def render(self, prompt: Prompt) -> str:
+    def render(self, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> str:
         """The exact text sent to the model: a raw string as is, messages through the chat
-        template (with the generation prompt appended)."""
-        return prompts.render(self.tokenizer, prompt)
+        template (with the generation prompt appended and any ``tools`` offered)."""
+        return prompts.render(self.tokenizer, prompt, tools)
 
-    def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt, exactly as a generate call sends them."""
-        return prompts.encode(self.tokenizer, prompt)
+    def encode(self, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> list[int]:
+        """Token ids of a prompt (with ``tools`` offered through the chat template), exactly as
+        a generate call sends them."""
+        return prompts.encode(self.tokenizer, prompt, tools)
 
     # -- steering -------------------------------------------------------------------------------
     def resolve(

@@ -8,21 +8,42 @@ from typing import Any
 
 import torch
 
-from .errors import SteeringSpecError
+from .errors import SteeringSpecError, ToolSpecError
+from .tools import render as tool_render
+from .tools.spec import ToolSpec
 
-Prompt = str | Sequence[Mapping[str, str]] | Sequence[tuple[str, str]]
-"""A raw completion string, or chat messages (``{"role", "content"}`` dicts or pairs)."""
+Prompt = str | Sequence[Mapping[str, Any]] | Sequence[tuple[str, str]]
+"""A raw completion string, or chat messages (``{"role", "content"}`` dicts or pairs; an
+assistant turn may carry ``tool_calls``, a ``tool`` turn ``tool_call_id`` and ``name``)."""
 
 
-def render(tokenizer: Any, prompt: Prompt) -> str:
-    """The exact text sent to the model for ``prompt``."""
+def render(tokenizer: Any, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> str:
+    """The exact text sent to the model for ``prompt`` (with ``tools`` offered to the model
+    through its chat template, or actsteer's generic tools block: ``actsteer.tools.render``)."""
     if isinstance(prompt, str):
+        if tools:
+            raise ToolSpecError("tools need chat messages, not a raw completion string")
         return prompt
     messages = [_message(m) for m in prompt]
     if not messages:
         raise SteeringSpecError("an empty message list cannot be sent to the model")
+    if tool_render.uses_tools(messages, tools):
+        chat, offered = tool_render.for_template(tokenizer, messages, tools)
+        try:
+            return _apply(tokenizer, chat, offered)
+        except Exception:
+            if offered is not None:
+                raise
+            return _apply(tokenizer, _portable(chat), None)  # the generic form, portable
+    return _apply(tokenizer, messages, None)
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], tools: list | None) -> str:
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = {"tools": tools} if tools else {}
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **extra
+        )
     text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
     return text + "assistant:"
 
@@ -41,10 +62,11 @@ def fit_template(tokenizer: Any, chat: list[dict[str, str]]) -> list[dict[str, s
         return portable
 
 
-def encode(tokenizer: Any, prompt: Prompt) -> list[int]:
+def encode(tokenizer: Any, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> list[int]:
     """Token ids of ``prompt``, exactly as a generate call sends them (special tokens only for
     raw strings: a chat template writes its own)."""
-    ids = tokenizer(render(tokenizer, prompt), add_special_tokens=isinstance(prompt, str))
+    text = render(tokenizer, prompt, tools)
+    ids = tokenizer(text, add_special_tokens=isinstance(prompt, str))
     ids = list(ids["input_ids"])
     if not ids:
         raise SteeringSpecError("the prompt encodes to zero tokens")
@@ -64,9 +86,15 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-def _message(m: object) -> dict[str, str]:
+def _message(m: object) -> dict[str, Any]:
     if isinstance(m, Mapping) and "role" in m and "content" in m:
-        return {"role": str(m["role"]), "content": str(m["content"])}
+        out: dict[str, Any] = {"role": str(m["role"]), "content": str(m["content"] or "")}
+        if m.get("tool_calls"):
+            out["tool_calls"] = tool_render.normalise_calls(m["tool_calls"])
+        for key in ("tool_call_id", "name"):
+            if m.get(key) and out["role"] == "tool":
+                out[key] = str(m[key])
+        return out
     if isinstance(m, tuple) and len(m) == 2:
         return {"role": str(m[0]), "content": str(m[1])}
     raise SteeringSpecError(

@@ -34,6 +34,9 @@ OPTION_FIELDS = (
     "seed",
     "timeout",
 )
+#: Call options that shape the reply, never fields: ``bind_tools`` and structured output bind
+#: them (``response_format`` is OpenAI's name for a constraint, as LangChain agents send it).
+REPLY_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "constraint", "response_format")
 #: Options of remote APIs, accepted at construction and ignored.
 IGNORED_INIT = ("max_retries",)
 
@@ -247,11 +250,11 @@ class SteerFields(BaseModel):
         if "max_new_tokens" in kw:
             kw.setdefault("max_tokens", kw.pop("max_new_tokens"))
         opts = {k: kw.pop(k) if k in kw else getattr(self, k) for k in OPTION_FIELDS}
+        reply = {k: kw.pop(k) for k in REPLY_OPTIONS if k in kw}
         if kw:
-            extra = " (tool calling is not supported)" if {"tools", "tool_choice"} & set(kw) else ""
             raise TypeError(
-                f"{type(self).__name__} got unknown call options {sorted(kw)}{extra}; "
-                f"accepted: stop, {', '.join(OPTION_FIELDS)}"
+                f"{type(self).__name__} got unknown call options {sorted(kw)}; "
+                f"accepted: stop, {', '.join(OPTION_FIELDS + REPLY_OPTIONS)}"
             )
         engine = self.engine()
         steering = engine.resolve(
@@ -264,7 +267,9 @@ class SteerFields(BaseModel):
             stop=tuple((self.stop if stop is None else stop) or ()),
             seed=opts["seed"],
         )
-        return Request(prompt, steering, options)
+        if "response_format" in reply:
+            reply.setdefault("constraint", reply.pop("response_format"))
+        return Request(prompt, steering, options, **reply)
 
     def _batch_request(self, value: Any, kwargs: dict[str, Any]) -> Request | None:
         """The request that ``invoke(value, **kwargs)`` will make, built ahead for ``_batch``;

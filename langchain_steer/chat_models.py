@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from langchain_core.messages import (
     BaseMessage,
     SystemMessage,
 )
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
@@ -32,13 +33,18 @@ from langchain_core.runnables import (
     RunnableMap,
     RunnablePassthrough,
 )
-from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict
 
+from actsteer.constrain import Constraint
 from actsteer.engine import Request
+from actsteer.errors import ToolSpecError
 from actsteer.generation import Generation
 from actsteer.prompts import Prompt
+from actsteer.tools import tool_choice as tool_choice_of
+from actsteer.tools import tool_specs
 
 from . import _batch
 from ._common import SteerFields, steering_key, usage
@@ -175,7 +181,14 @@ class ChatSteer(SteerFields, BaseChatModel):
 
     def _result(self, g: Generation, request: Request) -> ChatResult:
         message = AIMessage(
-            content=g.text, usage_metadata=usage(g), response_metadata=self._metadata(g, request)
+            content=g.text,
+            tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in g.tool_calls],
+            invalid_tool_calls=[
+                invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error)
+                for c in g.invalid_tool_calls
+            ],
+            usage_metadata=usage(g),
+            response_metadata=self._metadata(g, request),
         )
         return ChatResult(
             generations=[ChatGeneration(message=message)],
@@ -243,8 +256,16 @@ class ChatSteer(SteerFields, BaseChatModel):
         and steering, ``chunk_position="last"``."""
         if isinstance(item, str):
             return ChatGenerationChunk(message=AIMessageChunk(content=item))
+        calls = [
+            (c.name, json.dumps(c.arguments, ensure_ascii=False), c.id) for c in item.tool_calls
+        ]
+        calls += [(c.name, c.arguments, c.id) for c in item.invalid_tool_calls]
         message = AIMessageChunk(
             content="",
+            tool_call_chunks=[
+                tool_call_chunk(name=name, args=args, id=id_, index=i)
+                for i, (name, args, id_) in enumerate(calls)
+            ],
             chunk_position="last",
             usage_metadata=usage(item),
             response_metadata=self._metadata(item, request),
@@ -282,7 +303,31 @@ class ChatSteer(SteerFields, BaseChatModel):
         rows, size = _batch.rows_of(self, inputs, config)
         return await _batch.arun(rows, kwargs, chunk_size=size, return_exceptions=return_exceptions)
 
-    # -- structured output -----------------------------------------------------------------------
+    # -- tools and structured output --------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | bool | dict | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer ``tools`` to the model through its chat template (or actsteer's generic tools
+        block). ``tool_choice``: None/"auto" (text or calls; calls are always well formed),
+        "none", "any"/"required" (only calls), or a tool's name; a forced choice is a grammar,
+        so the call parses on any model. Checked here: an unserialisable tool, a parameters
+        schema that cannot compile or a choice naming no bound tool raise ``ToolSpecError``."""
+        try:
+            formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        except Exception as exc:
+            raise ToolSpecError(f"cannot turn a tool into a JSON schema: {exc}") from exc
+        tool_choice_of(tool_choice, tool_specs(formatted))  # checked now, not at the call
+        bound: dict[str, Any] = {"tools": formatted, "tool_choice": tool_choice}
+        if parallel_tool_calls is not None:
+            bound["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(**bound, **kwargs)
+
     def with_structured_output(
         self,
         schema: dict[str, Any] | type | None,
@@ -292,22 +337,30 @@ class ChatSteer(SteerFields, BaseChatModel):
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
-        """Structured output without tool calling: the ``json`` preset steers the format, a
-        system instruction lists the schema's fields, and the reply is parsed and validated
-        (Pydantic classes are returned as instances, other schemas as dicts). Every ``method``
-        takes this path; ``function_calling`` is accepted for portability."""
+        """Replies that always parse: ``json_schema`` (default) constrains decoding to the
+        schema with a grammar, ``function_calling`` forces a call of the schema as a tool, and
+        ``json_mode`` constrains to any JSON object. A system instruction names the schema's
+        fields either way; steering still applies to what the model writes inside the JSON.
+        Pydantic classes come back as instances, other schemas as dicts."""
         if kwargs:
             raise ValueError(f"Received unsupported arguments {kwargs}")
         if method not in ("json_schema", "json_mode", "function_calling"):
             raise ValueError(f"unknown method {method!r}")
         if schema is None and method != "json_mode":
             raise ValueError("a schema is required unless method='json_mode'")
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw)
         json_schema = convert_to_json_schema(schema) if schema is not None else None
+        constraint = (
+            Constraint.json_object()
+            if method == "json_mode"
+            else Constraint.json_schema(json_schema)
+        )
         llm = self.bind(
-            steering=_with_json(self.steering),
+            constraint=constraint,
             ls_structured_output_format={
                 "kwargs": {"method": method, "strict": strict},
-                "schema": schema if schema is not None else {},
+                "schema": json_schema if json_schema is not None else {},
             },
         )
         instructions = _instructions(json_schema)
@@ -335,21 +388,6 @@ class ChatSteer(SteerFields, BaseChatModel):
 
 
 # -- structured output helpers -------------------------------------------------------------------
-def _with_json(steering: Any) -> Any:
-    """The model's steering plus the ``json`` preset, unless an expression in it (alone, in a
-    list, or a mapping's) already names ``json``."""
-    from actsteer.expressions import parse
-
-    if steering is None:
-        return "json"
-    items = list(steering) if isinstance(steering, list | tuple) else [steering]
-    for item in items:
-        text = item.get("expression") if isinstance(item, Mapping) else item
-        if isinstance(text, str) and any(t.source == "json" for t in parse(text).terms):
-            return steering
-    return f"{steering} + json" if isinstance(steering, str) else [*items, "json"]
-
-
 def _instructions(json_schema: dict[str, Any] | None) -> str:
     head = "Reply with one JSON object and nothing else: no markdown, no text before or after it."
     if not json_schema:

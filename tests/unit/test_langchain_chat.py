@@ -15,10 +15,12 @@ from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import ConfigurableField
+from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import BaseModel, ValidationError
 
 from actsteer import Generation, SteeredModel, Steering, SteeringVector
-from actsteer.errors import ExpressionError, SteeringSpecError
+from actsteer.constrain import Constraint
+from actsteer.errors import ExpressionError, SteeringSpecError, ToolSpecError
 from langchain_steer import ChatSteer
 from langchain_steer.messages import render_messages
 
@@ -307,8 +309,8 @@ def test_stop_max_tokens_and_sampling_options(chat):
 
 
 def test_bad_call_options_fail_clearly(chat):
-    with pytest.raises(TypeError, match="tool calling is not supported"):
-        chat.invoke("hi", tools=[{"name": "x"}])
+    with pytest.raises(ToolSpecError, match="a tool name is"):
+        chat.invoke("hi", tools=[{"name": "bad name!"}])
     with pytest.raises(TypeError, match="unknown call options"):
         chat.invoke("hi", temprature=0.3)
     with pytest.raises(ValueError, match="cannot switch"):
@@ -325,9 +327,16 @@ def test_every_message_type_renders_through_the_template(chat, sm):
         AIMessage("It is sunny."),
     ]
     chat_dicts = render_messages(sm, history)
-    assert [m["role"] for m in chat_dicts] == ["system", "user", "assistant", "user", "assistant"]
-    assert chat_dicts[2]["content"] == 'Calling get_weather(city="Oslo").'
-    assert chat_dicts[3]["content"] == "get_weather returned: sunny"
+    assert [m["role"] for m in chat_dicts] == ["system", "user", "assistant", "tool", "assistant"]
+    call = chat_dicts[2]["tool_calls"][0]
+    assert call["id"] == "1"
+    assert call["function"] == {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    assert chat_dicts[3]["tool_call_id"] == "1"
+    text = sm.render(chat_dicts)  # the tiny template has no tools: the generic form
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' in text
+    )
+    assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>" in text
     assert isinstance(chat.invoke(history), AIMessage)  # the last message need not be human
 
 
@@ -347,9 +356,11 @@ def test_strict_templates_get_the_portable_shape():
         HumanMessage("b"),
         ToolMessage("t", tool_call_id="1"),
     ]
-    assert render_messages(sm, messages) == [
-        {"role": "user", "content": "S\n\na\n\nb\n\nThe tool returned: t"}
-    ]
+    # the tool result is written as a <tool_response> user turn (actsteer.tools.render), and
+    # that chat in the portable shape: system text and same-role turns merged into one user turn
+    assert sm.render(render_messages(sm, messages)) == (
+        "[user]S\n\na\n\nb\n\n<tool_response>\nt\n</tool_response>"
+    )
     sm.tokenizer.chat_template = None  # no template at all: plain "role: content" lines
     assert sm.render(render_messages(sm, [HumanMessage("x")])).endswith("user: x\nassistant:")
 
@@ -377,17 +388,20 @@ def test_structured_output_steers_instructs_parses_and_validates(chat, sm, monke
     assert person == Person(name="Ada", age=36)
     prompt, steering = seen[0].prompt, seen[0].steering
     assert prompt[0]["role"] == "system" and '"age" (integer, required)' in prompt[0]["content"]
-    names = [t.name for s in steering for t in s.terms]
-    assert names == ["json"]
+    assert seen[0].constraint == Constraint.json_schema(convert_to_json_schema(Person))
+    assert steering == ()  # the grammar makes the format: no steering is added for it
     as_dict = chat.with_structured_output(Person.model_json_schema(), method="json_mode")
     assert as_dict.invoke("Ada is 36.") == {"name": "Ada", "age": 36}
+    assert seen[-1].constraint == Constraint.json_object()
     both = chat.with_steering("concise").with_structured_output(Person, method="function_calling")
     both.invoke("x")
-    assert sorted(t.name for s in seen[-1].steering for t in s.terms) == ["concise", "json"]
-    # json already named, in a string, a list or a mapping: not added a second time
-    for steering in ("json:4", ["json:4"], {"expression": "json:4", "positions": "generated"}):
-        chat.with_steering(steering).with_structured_output(Person).invoke("x")
-        assert [(t.name, t.coeff) for s in seen[-1].steering for t in s.terms] == [("json", 4)]
+    assert [t.name for t in seen[-1].tools] == ["Person"] and seen[-1].tool_choice == "required"
+    assert [t.name for s in seen[-1].steering for t in s.terms] == ["concise"]
+    # the model's own steering applies to what it writes inside the JSON
+    chat.with_steering({"expression": "love", "positions": "generated"}).with_structured_output(
+        Person
+    ).invoke("x")
+    assert [t.name for s in seen[-1].steering for t in s.terms] == ["love"]
 
 
 def test_structured_output_errors_and_include_raw(chat, sm, monkeypatch):

@@ -1,0 +1,89 @@
+"""Constrained decoding in process: each row of a merged batch follows its own grammar, or none.
+
+``Grammars`` compiles constraints for one tokenizer (xgrammar caches compiled grammars, so a
+schema used by many calls compiles once). ``RowGrammars`` is the logits processor of one
+generate: a ``GrammarMatcher`` per constrained row accepts the row's last token and writes the
+row's allowed-token bitmask; unconstrained rows are not touched, so a constraint on one row
+changes nothing in its neighbours. When a grammar is complete the only allowed tokens are the
+model's end-of-sequence ids, so a constrained row ends exactly where its grammar does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from .spec import Constraint, to_grammar
+
+
+class Grammars:
+    """Compiled grammars for one model's tokenizer and vocabulary (made on first use)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> None:
+        import xgrammar as xgr
+
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids) or None
+        )
+        self.vocab_size = vocab_size
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=True)
+        self._lock = threading.Lock()
+        self._compiled: dict[Constraint, Any] = {}
+
+    def compile(self, constraint: Constraint) -> Any:
+        """The ``CompiledGrammar`` for ``constraint`` (memoised)."""
+        with self._lock:
+            found = self._compiled.get(constraint)
+            if found is None:
+                grammar = to_grammar(constraint.kind, constraint.source)
+                found = self._compiler.compile_grammar(grammar)
+                if len(self._compiled) > 256:
+                    self._compiled.clear()
+                self._compiled[constraint] = found
+            return found
+
+
+class RowGrammars(LogitsProcessor):
+    """Masks each constrained row's logits to the tokens its grammar allows next.
+
+    Invariant: row ``r``'s matcher has accepted exactly the tokens row ``r`` generated so far.
+    A token the matcher refuses can only follow the row's own end (generate pads an ended row),
+    so that row is simply no longer constrained.
+    """
+
+    def __init__(self, compiled: Sequence[Any | None], prompt_len: int, vocab_size: int) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in compiled]
+        self.live = [i for i, m in enumerate(self.matchers) if m is not None]
+        self.seen = prompt_len
+        self.vocab_size = vocab_size
+        self.bitmask = xgr.allocate_token_bitmask(len(self.matchers), vocab_size)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if length > self.seen:
+            new = input_ids[:, self.seen : length].tolist()
+            self.seen = length
+            for row in list(self.live):
+                matcher = self.matchers[row]
+                for token in new[row]:
+                    if matcher.is_terminated() or not matcher.accept_token(token):
+                        self.live.remove(row)  # the row ended; generate pads it
+                        break
+        rows = [r for r in self.live if not self.matchers[r].is_terminated()]
+        if not rows:
+            return scores
+        for row in rows:
+            self.matchers[row].fill_next_token_bitmask(self.bitmask, row)
+        masked = scores.float()  # the same tensor when already float32
+        bitmask = self.bitmask.to(masked.device)  # a no-op on CPU
+        self._xgr.apply_token_bitmask_inplace(
+            masked, bitmask, vocab_size=min(self.vocab_size, masked.shape[-1]), indices=rows
+        )
+        return masked
