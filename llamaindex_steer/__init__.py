@@ -1,7 +1,8 @@
 """llamaindex_steer: actsteer for LlamaIndex.
 
-``SteerLLM`` is a LlamaIndex LLM over a shared ``actsteer.SteeredModel`` whose steering is
-configuration (fields, per-call kwargs, ``with_steering`` copies). For embeddings use
+``SteerLLM`` is a LlamaIndex function-calling LLM over a shared ``actsteer.SteeredModel`` whose
+steering is configuration (fields, per-call kwargs, ``with_steering`` copies); tools and agents
+(``FunctionAgent``) get grammar-forced calls, structured output a schema grammar. For embeddings use
 LlamaIndex's own integrations (``cookbook/llamaindex_rag.py`` loads all-MiniLM-L6-v2 offline
 with ``HuggingFaceEmbedding``).
 """

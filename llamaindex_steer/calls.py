@@ -1,19 +1,23 @@
 """How one LlamaIndex call maps to one engine ``Request``: the accepted call options, steering
-printing (without a model), chat messages as engine prompts, the model's context window, and
-the LlamaIndex responses built from the engine's output, with the applied steering in ``raw``
-and ``additional_kwargs``."""
+printing (without a model), chat messages as engine prompts (tool calls and tool results
+included), the model's context window, and the LlamaIndex responses built from the engine's
+output, with the applied steering in ``raw`` and ``additional_kwargs`` and any tool calls as
+``ToolCallBlock`` blocks of the message."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
     CompletionResponse,
+    ContentBlock,
     MessageRole,
     TextBlock,
+    ToolCallBlock,
 )
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 
@@ -24,8 +28,9 @@ STEERING_OPTIONS = ("steering", "steering_coeff", "steering_positions", "extra_s
 #: Call kwargs SteerLLM understands; anything else is a typo and raises ``TypeError``.
 CALL_OPTIONS = frozenset(
     {*STEERING_OPTIONS, "max_new_tokens", "max_tokens", "temperature", "top_p", "stop", "seed"}
+    | {"tools", "tool_choice", "parallel_tool_calls", "constraint"}
 )
-_ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant"}
+_ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 
 def model_context_window(sm: SteeredModel) -> int:
@@ -62,16 +67,83 @@ def has_chat_template(sm: SteeredModel) -> bool:
     return bool(getattr(sm.tokenizer, "chat_template", None))
 
 
-def as_engine_message(message: ChatMessage) -> dict[str, str]:
-    """A LlamaIndex message as the ``{"role", "content"}`` dict the chat template reads; roles
-    other templates may not know are mapped (developer -> system, chatbot/model -> assistant)."""
-    texts = []
+def as_engine_message(message: ChatMessage, plain: bool = False) -> dict[str, Any]:
+    """A LlamaIndex message as the dict the chat template reads: ``{"role", "content"}``, plus
+    ``tool_calls`` for an assistant's calls (``ToolCallBlock`` blocks, or OpenAI-shaped
+    ``additional_kwargs["tool_calls"]`` from older integrations) and ``tool_call_id`` / ``name``
+    for a tool result. Roles other templates may not know are mapped (developer -> system,
+    chatbot/model -> assistant, function -> tool). ``plain``: call arguments as JSON text, as
+    an OpenAI-compatible server takes them."""
+    texts, calls = [], []
     for block in message.blocks:
-        if not isinstance(block, TextBlock):
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolCallBlock):
+            calls.append(_call(block.tool_call_id, block.tool_name, block.tool_kwargs, plain))
+        else:
             raise ValueError(f"SteerLLM reads text only; got a {type(block).__name__}")
-        texts.append(block.text)
     role = message.role.value if isinstance(message.role, MessageRole) else str(message.role)
-    return {"role": _ROLES.get(role, role), "content": "\n".join(texts)}
+    role = _ROLES.get(role, role)
+    out: dict[str, Any] = {"role": role, "content": "\n".join(texts)}
+    extra = message.additional_kwargs
+    if role == "assistant" and not calls:
+        for c in extra.get("tool_calls") or ():
+            c = c.model_dump() if hasattr(c, "model_dump") else c
+            fn = c.get("function") or {}
+            calls.append(_call(c.get("id"), fn.get("name"), fn.get("arguments"), plain))
+    if calls:
+        out["tool_calls"] = calls
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if extra.get(key):
+                out[key] = str(extra[key])
+    return out
+
+
+def _call(call_id: str | None, name: Any, arguments: Any, plain: bool) -> dict[str, Any]:
+    """One past call in the Hugging Face / OpenAI shape."""
+    if isinstance(arguments, str) and not plain:
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            pass  # kept as text: actsteer writes it back as it was
+    elif plain and not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    out = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if call_id:
+        out["id"] = call_id
+    return out
+
+
+def reply_message(text: str, generation: Generation | None = None) -> ChatMessage:
+    """The assistant message of a response: its text, and the finished generation's calls as
+    ``ToolCallBlock`` blocks (arguments as dicts); calls that could not be used are listed in
+    ``additional_kwargs["invalid_tool_calls"]`` (name, arguments as text, error, id)."""
+    if generation is None or not (generation.tool_calls or generation.invalid_tool_calls):
+        return ChatMessage(role=MessageRole.ASSISTANT, content=text)
+    blocks: list[ContentBlock] = [TextBlock(text=text)] if text else []
+    blocks += [
+        ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=dict(c.arguments))
+        for c in generation.tool_calls
+    ]
+    extra: dict[str, Any] = {}
+    if generation.invalid_tool_calls:
+        extra["invalid_tool_calls"] = [
+            {"name": c.name, "arguments": c.arguments, "error": c.error, "id": c.id}
+            for c in generation.invalid_tool_calls
+        ]
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
+
+
+def arguments_of(kwargs: dict[str, Any] | str) -> dict[str, Any]:
+    """A ``ToolCallBlock``'s arguments as a dict (text that is no JSON object gives {})."""
+    if isinstance(kwargs, Mapping):
+        return dict(kwargs)
+    try:
+        value = json.loads(kwargs) if kwargs.strip() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def response(
@@ -97,7 +169,7 @@ def response(
         raw.update(usage=usage, finish_reason=g.finish_reason)
         extra.update(usage, finish_reason=g.finish_reason)
     if chat:
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
+        message = reply_message(text, generation)
         return ChatResponse(message=message, delta=delta, raw=raw, additional_kwargs=extra)
     return CompletionResponse(text=text, delta=delta, raw=raw, additional_kwargs=extra)
 

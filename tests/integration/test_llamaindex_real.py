@@ -1,7 +1,8 @@
 """SteerLLM on the real models (embeddings: LlamaIndex's HuggingFaceEmbedding with all-MiniLM):
 retrieval over the cookbook documents, a query engine end to end on the embedded SmolLM2 with
-answers steered on generated positions only, and structured output on a tiny schema. Few,
-short generations (at most 24 new tokens)."""
+answers steered on generated positions only, structured output on tiny schemas (grammar
+constrained), and a FunctionAgent loop with a real tool. Few, short generations (at most 48
+new tokens)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
+from llama_index.core.agent.workflow import AgentStream, FunctionAgent, ToolCallResult
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent
 from llama_index.core.prompts import PromptTemplate
+from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel, Field
 
 from llamaindex_steer import SteerLLM
@@ -38,6 +41,11 @@ class Recorder(BaseEventHandler):
 class City(BaseModel):
     name: str
     country: str
+
+
+class Person(BaseModel):
+    name: str
+    age: int
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +133,41 @@ def test_structured_predict_and_structured_llm_on_a_tiny_schema(real):
     structured = llm.as_structured_llm(City)
     reply = structured.complete("Madrid is the capital of Spain. Give the city and its country.")
     assert isinstance(reply.raw, City) and reply.raw.name == "Madrid"
+
+
+def test_structured_predict_extracts_a_person_by_grammar(real):
+    llm = SteerLLM(runtime=real, max_new_tokens=24)
+    prompt = PromptTemplate("Alice is 30. Extract the person.")
+    assert llm.structured_predict(Person, prompt) == Person(name="Alice", age=30)
+
+
+async def test_function_agent_calls_the_tool_then_answers(real):
+    calls: list[tuple[int, int]] = []
+
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers and return the product."""
+        calls.append((a, b))
+        return a * b
+
+    # SmolLM2-135M does not decide to call tools by itself: the policy makes the first step a
+    # (grammar-forced) call and the step after the result a concise answer in text
+    llm = SteerLLM(
+        runtime=real, max_new_tokens=48, tool_policy="call_then_answer", answer_steering="concise"
+    )
+    agent = FunctionAgent(
+        tools=[FunctionTool.from_defaults(multiply)], llm=llm, allow_parallel_tool_calls=False
+    )
+    handler = agent.run("What is 6 times 7?")
+    results, streamed = [], []
+    async for event in handler.stream_events():
+        if isinstance(event, ToolCallResult):
+            results.append(event)
+        elif isinstance(event, AgentStream):
+            streamed.append(event.delta)
+    answer = await handler
+    assert calls == [(6, 7)]  # the tool really ran, once, with the question's numbers
+    (result,) = results
+    assert result.tool_kwargs == {"a": 6, "b": 7} and result.tool_output.raw_output == 42
+    text = str(answer)
+    assert "42" in text and "<tool_call" not in text  # an answer from the result, in words
+    assert "".join(streamed).strip() == text.strip()  # streamed as it was generated

@@ -143,7 +143,7 @@ def test_query_engine_answers_with_the_steered_copy(sm, vec, recorder):
 async def test_structured_failures_are_parsing_errors_and_carry_json_steering(sm, vec, recorder):
     llm = SteerLLM(runtime=sm, max_new_tokens=GEN, structured_steering=vec)
     prompt = PromptTemplate("Which city is the capital of {country}?")
-    with pytest.raises(ValueError, match=PARSE_ERROR):  # no JSON from a random model
+    with pytest.raises(ValueError, match=PARSE_ERROR):  # JSON by grammar, cut off at GEN tokens
         llm.structured_predict(City, prompt, country="France")
     with pytest.raises(ValueError, match=PARSE_ERROR):
         await llm.astructured_predict(City, prompt, country="France")

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from conftest import build_tiny, random_vector
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole
+from llama_index.core.llms.function_calling import FunctionCallingLLM
 
 from actsteer import SteeredModel, Steering, SteeringSpecError
 from llamaindex_steer import SteerLLM
@@ -65,7 +66,10 @@ def test_construction_is_lazy_and_shares_one_runtime(monkeypatch, sm):
 def test_metadata_context_window_and_tokenizer(llm, sm):
     meta = llm.metadata
     assert meta.context_window == 512  # the tiny config's max_position_embeddings
-    assert meta.num_output == GEN and meta.is_chat_model and not meta.is_function_calling_model
+    assert meta.num_output == GEN and meta.is_chat_model and meta.is_function_calling_model
+    assert isinstance(llm, FunctionCallingLLM)  # what FunctionAgent and programs look for
+    served = SteerLLM(base_url="http://127.0.0.1:1/v1", model="m").metadata
+    assert not served.is_function_calling_model  # the remote engine sends no tools
     assert SteerLLM(runtime=sm, context_window=100).metadata.context_window == 100
     assert SteerLLM(runtime=sm, context_window=10**6).metadata.context_window == 512
     assert llm.tokenizer("hello there") == sm.tokenizer.encode("hello there")
