@@ -334,7 +334,7 @@ class LocalEngine:
         used = len(kept) + (1 if ended_on_eos else 0)
         calls: tuple = ()
         invalid: tuple = ()
-        if request.tools:
+        if request.tools and request.tool_choice != "none":  # "none": the reply is text
             text, calls, invalid = format_for(self.sm.tokenizer).parse(text, request.tools)
             reason = "tool_calls" if calls and reason == "stop" else reason
         return Generation(
@@ -350,7 +350,8 @@ class LocalEngine:
         request = rows.requests[0]
         options = request.options
         stop = options.stop
-        trigger = format_for(self.sm.tokenizer).trigger if request.tools else None
+        calls = request.tools and request.tool_choice != "none"
+        trigger = format_for(self.sm.tokenizer).trigger if calls else None
         tokens_in = rows.stream
         assert tokens_in is not None and rows.encoded is not None and rows.compiled is not None
         (future,) = worker.submit(job)

@@ -43,8 +43,8 @@ from actsteer.engine import Request
 from actsteer.errors import ToolSpecError
 from actsteer.generation import Generation
 from actsteer.prompts import Prompt
+from actsteer.tools import ToolSpec
 from actsteer.tools import tool_choice as tool_choice_of
-from actsteer.tools import tool_specs
 
 from . import _batch
 from ._common import SteerFields, steering_key, usage
@@ -322,7 +322,9 @@ class ChatSteer(SteerFields, BaseChatModel):
             formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
         except Exception as exc:
             raise ToolSpecError(f"cannot turn a tool into a JSON schema: {exc}") from exc
-        tool_choice_of(tool_choice, tool_specs(formatted))  # checked now, not at the call
+        # each tool and the choice are checked now (two tools of one name are refused when
+        # called: LangChain's standard suite binds a pydantic class and its dict schema together)
+        tool_choice_of(tool_choice, [ToolSpec.of(t) for t in formatted])
         bound: dict[str, Any] = {"tools": formatted, "tool_choice": tool_choice}
         if parallel_tool_calls is not None:
             bound["parallel_tool_calls"] = parallel_tool_calls

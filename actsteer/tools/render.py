@@ -5,7 +5,7 @@ Face shape: ``{"id", "type": "function", "function": {"name", "arguments": {...}
 ``tool_call_id`` / ``name`` on a ``tool`` turn. A template that supports tools gets them as they
 are, with ``tools=`` (``apply_chat_template``). A template without tool support (SmolLM2) gets
 the generic form: the tools block in the system turn, past calls written out in the Hermes
-format, tool results as ``<tool_response>`` user turns (as Qwen's template renders them).
+format, tool results as user turns in words ("get_weather returned: ...").
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def generic(
 ) -> list[dict[str, Any]]:
     """A tool chat as plain system/user/assistant turns (see the module docstring)."""
     out: list[dict[str, Any]] = []
+    names = {  # a tool result names its tool through its call's id
+        c.get("id"): c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()
+    }
     for m in messages:
         role, content = m["role"], m.get("content") or ""
         if role == "assistant" and m.get("tool_calls"):
@@ -72,8 +75,9 @@ def generic(
             out.append(
                 {"role": "assistant", "content": "\n".join(filter(None, [content, *written]))}
             )
-        elif role == "tool":
-            response = f"<tool_response>\n{content}\n</tool_response>"
+        elif role == "tool":  # in words: a model never trained on tags echoes them
+            name = m.get("name") or names.get(m.get("tool_call_id"), "The tool")
+            response = f"{name} returned: {content}"
             if out and out[-1]["role"] == "user" and out[-1].get("tool_response"):
                 out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + response}
             else:

@@ -51,9 +51,15 @@ def test_json_chain(outputs):
 
 
 def test_agent_formatting(outputs):
+    """create_agent's loop on the embedded model: a forced, well-formed call of the real tool
+    with the city from the question, then an answer steered only in the steered runs."""
     out = run(outputs, "langchain_agent_formatting.py")
-    assert "== answer step, plain" in out and "steering: no-disclaimer:0.5 + concise" in out
-    assert out.count("  A (") == 6
+    assert "== answer step: plain" in out and "== answer step: no-disclaimer:0.5 + concise" in out
+    assert out.count("tool calls: get_weather({'city': 'Paris'})") == 2
+    assert out.count("tool calls: get_weather({'city': 'Oslo'})") == 2
+    assert out.count("  A (") == 4
+    assert out.count("steering: None") == 2
+    assert out.count("steering: no-disclaimer:0.5 + concise") == 2
 
 
 def test_configurable(outputs):

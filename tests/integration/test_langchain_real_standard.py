@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import torch
@@ -14,10 +14,14 @@ from langchain_steer import ChatSteer
 
 pytestmark = pytest.mark.integration
 
-NO_JSON = (
-    "SmolLM2-135M-Instruct does not write a JSON object for these prompts, even with the json "
-    "preset and the schema instructions (it answers in prose, e.g. 'A cat is a cat.'); the "
-    "structured-output path itself is tested on JSON replies in tests/unit/test_langchain_chat.py"
+UNFORCED = (
+    "the test needs the model to decide by itself to call get_weather (tool_choice unset); "
+    "SmolLM2-135M-Instruct answers in prose instead. Forced calls (tool_choice='any' or a "
+    "name) are grammars and pass in test_tool_calling / test_tool_choice"
+)
+LONG_STRING = (
+    "with the optional field the 135M model writes the joke's setup string on until "
+    "max_tokens (the grammar keeps it a valid JSON string, but it never closes in 80 tokens)"
 )
 
 
@@ -30,12 +34,6 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _roomy(model: BaseChatModel) -> BaseChatModel:
-    """The same model with room for a whole JSON object, so a failure is the model's."""
-    assert isinstance(model, ChatSteer)
-    return model.model_copy(update={"max_tokens": 40})  # a joke as JSON takes ~30
-
-
 class TestChatSteerIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatSteer]:
@@ -43,15 +41,17 @@ class TestChatSteerIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"max_tokens": 12}
+        # room for a whole tool call (~25 tokens) or a JSON joke (~60); prose replies of
+        # the other tests end earlier or are cut here
+        return {"max_tokens": 80}
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_tool_choice(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
@@ -69,28 +69,11 @@ class TestChatSteerIntegration(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False
 
-    @pytest.mark.xfail(reason=NO_JSON, raises=OutputParserException)
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
-    def test_structured_output(
-        self, model: BaseChatModel, schema_type: Literal["pydantic", "typeddict", "json_schema"]
-    ) -> None:
-        super().test_structured_output(_roomy(model), schema_type)
+    @pytest.mark.xfail(reason=UNFORCED, raises=AssertionError)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
 
-    @pytest.mark.xfail(reason=NO_JSON, raises=OutputParserException)
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
-    async def test_structured_output_async(
-        self, model: BaseChatModel, schema_type: Literal["pydantic", "typeddict", "json_schema"]
-    ) -> None:
-        await super().test_structured_output_async(_roomy(model), schema_type)
-
-    @pytest.mark.xfail(reason=NO_JSON, raises=OutputParserException)
-    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
-        super().test_structured_output_pydantic_2_v1(_roomy(model))
-
-    @pytest.mark.xfail(reason=NO_JSON, raises=OutputParserException)
+    @pytest.mark.xfail(reason=LONG_STRING, raises=OutputParserException)
     def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
-        super().test_structured_output_optional_param(_roomy(model))
-
-    @pytest.mark.xfail(reason=NO_JSON, raises=OutputParserException)
-    def test_json_mode(self, model: BaseChatModel) -> None:
-        super().test_json_mode(_roomy(model))
+        super().test_structured_output_optional_param(model)

@@ -336,7 +336,7 @@ def test_every_message_type_renders_through_the_template(chat, sm):
     assert (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' in text
     )
-    assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>" in text
+    assert "<|im_start|>user\nget_weather returned: sunny<|im_end|>" in text
     assert isinstance(chat.invoke(history), AIMessage)  # the last message need not be human
 
 
@@ -356,11 +356,9 @@ def test_strict_templates_get_the_portable_shape():
         HumanMessage("b"),
         ToolMessage("t", tool_call_id="1"),
     ]
-    # the tool result is written as a <tool_response> user turn (actsteer.tools.render), and
+    # the tool result is written as a user turn in words (actsteer.tools.render), and
     # that chat in the portable shape: system text and same-role turns merged into one user turn
-    assert sm.render(render_messages(sm, messages)) == (
-        "[user]S\n\na\n\nb\n\n<tool_response>\nt\n</tool_response>"
-    )
+    assert sm.render(render_messages(sm, messages)) == ("[user]S\n\na\n\nb\n\nThe tool returned: t")
     sm.tokenizer.chat_template = None  # no template at all: plain "role: content" lines
     assert sm.render(render_messages(sm, [HumanMessage("x")])).endswith("user: x\nassistant:")
 

@@ -173,7 +173,7 @@ def test_generic_block_for_templates_without_tools(llama):
     assert text.startswith("<|im_start|>system\n# Tools\n")
     assert json.dumps(tool_specs([ADD])[0].openai()) in text
     assert '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}' in text
-    assert "<|im_start|>user\n<tool_response>\n3\n</tool_response><|im_end|>" in text
+    assert "<|im_start|>user\nadd returned: 3<|im_end|>" in text  # named by its call's id
 
 
 def test_tool_aware_templates_get_the_tools_themselves(llama, monkeypatch):
