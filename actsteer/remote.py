@@ -252,6 +252,12 @@ class RemoteEngine:
     def _kwargs(
         self, request: Request, stream: bool, timeout: float | None
     ) -> tuple[bool, dict[str, Any]]:
+        if request.tools or request.constraint is not None:  # never silently unconstrained
+            raise GenerationError(
+                "tools and constrained output are not sent to an actsteer serve server yet "
+                "(vLLM's structured outputs and tool parsers are the planned path); use the "
+                "in-process model for bind_tools / with_structured_output"
+            )
         o: GenerationOptions = request.options
         kwargs: dict[str, Any] = {
             "model": self._model,
