@@ -22,10 +22,12 @@ from typing import Any
 
 from . import resolve
 from .engine import GenerationOptions, Request
-from .errors import GenerationError, SteeringSpecError
+from .errors import GenerationError, SteeringSpecError, ToolSpecError
 from .expressions import Expression, parse
 from .generation import Generation
 from .spec import SteeringLike
+from .tools import wire
+from .tools.formats import HERMES, ToolFormat
 from .vector import _span
 
 #: Requests in flight at once from one engine (vLLM batches concurrent requests).
@@ -116,10 +118,14 @@ class RemoteEngine:
         api_key: str = "EMPTY",
         timeout: float = 600.0,
         max_retries: int = 2,
+        tool_format: ToolFormat = HERMES,
     ) -> None:
         import openai
 
         self.base_url, self._model = base_url, model
+        self.tool_format = tool_format
+        """How the served model writes calls (hermes: ``<tool_call>``, also actsteer's generic
+        block); it must match the server's ``--tool-call-parser``."""
         self._kw = {
             "base_url": base_url,
             "api_key": api_key,
@@ -192,7 +198,7 @@ class RemoteEngine:
         cancel: threading.Event | None = None,
     ) -> Iterator[str | Generation]:
         chunks = self._create(self.client, request, stream=True, timeout=timeout)
-        said = _Said()
+        said = _Said(self.tool_format)
         try:
             for chunk in chunks:
                 if piece := said.add(chunk):
@@ -208,7 +214,7 @@ class RemoteEngine:
         self, request: Request, *, timeout: float | None = 600.0
     ) -> AsyncIterator[str | Generation]:
         chunks = await self._acreate(request, stream=True, timeout=timeout)
-        said = _Said()
+        said = _Said(self.tool_format)
         try:
             async for chunk in chunks:
                 if piece := said.add(chunk):
@@ -220,11 +226,15 @@ class RemoteEngine:
     # -- HTTP -------------------------------------------------------------------------------
     def _call(self, request: Request) -> Generation:
         reply = self._create(self.client, request, stream=False)
-        return _generation(request, *_whole(reply), reply.usage, _token_ids(reply))
+        return _generation(
+            request, *_whole(reply), reply.usage, _token_ids(reply), _calls(reply), self.tool_format
+        )
 
     async def _acall(self, request: Request) -> Generation:
         reply = await self._acreate(request, stream=False)
-        return _generation(request, *_whole(reply), reply.usage, _token_ids(reply))
+        return _generation(
+            request, *_whole(reply), reply.usage, _token_ids(reply), _calls(reply), self.tool_format
+        )
 
     def _create(self, client: Any, request: Request, *, stream: bool, timeout=None) -> Any:
         chat, kwargs = self._kwargs(request, stream, timeout)
@@ -252,12 +262,6 @@ class RemoteEngine:
     def _kwargs(
         self, request: Request, stream: bool, timeout: float | None
     ) -> tuple[bool, dict[str, Any]]:
-        if request.tools or request.constraint is not None:  # never silently unconstrained
-            raise GenerationError(
-                "tools and constrained output are not sent to an actsteer serve server yet "
-                "(vLLM's structured outputs and tool parsers are the planned path); use the "
-                "in-process model for bind_tools / with_structured_output"
-            )
         o: GenerationOptions = request.options
         kwargs: dict[str, Any] = {
             "model": self._model,
@@ -278,15 +282,27 @@ class RemoteEngine:
         steering = merged([s for s in request.steering if not s.is_zero])
         if steering is not None:
             extra["vllm_xargs"] = {"actsteer": steering}
+        if request.constraint is not None:  # vLLM's own structured outputs
+            extra["structured_outputs"] = request.constraint.wire()
         kwargs["extra_body"] = extra
         chat = not isinstance(request.prompt, str)
         if chat:
-            kwargs["messages"] = [
-                dict(m) if isinstance(m, dict) else {"role": m[0], "content": m[1]}
-                for m in request.prompt
-            ]
+            kwargs["messages"] = [wire.openai_message(m) for m in request.prompt]
         else:
             kwargs["prompt"] = request.prompt
+        if request.tools:  # the server's template renders them, its tool parser reads calls
+            if not chat:
+                raise ToolSpecError("tools need chat messages, not a raw completion string")
+            kwargs["tools"] = [t.openai() for t in request.tools]
+            # a forced choice goes as the same call grammar the local engine uses (one call,
+            # compact arguments), under "auto" so that vLLM's hermes parser reads the calls
+            choice = request.tool_choice
+            kwargs["tool_choice"] = "none" if choice == "none" else "auto"
+            grammar = self.tool_format.constraint(
+                request.tools, choice, request.parallel_tool_calls
+            )
+            if grammar is not None:
+                extra["structured_outputs"] = grammar.wire()
         return chat, kwargs
 
 
@@ -314,27 +330,26 @@ def merged(steerings: Sequence[RemoteSteering]) -> str | None:
 class _Said:
     """What a stream has said so far: its text, finish reason and usage."""
 
-    def __init__(self) -> None:
+    def __init__(self, fmt: ToolFormat = HERMES) -> None:
         self.text, self.finish, self.usage = "", None, None
+        self.calls, self.fmt = wire.CallPieces(), fmt
 
     def add(self, chunk: Any) -> str:
         """Take in one SSE chunk; returns its new text."""
-        piece, reason = _delta(chunk)
-        self.finish = reason or self.finish
         self.usage = chunk.usage or self.usage
+        if not chunk.choices:
+            return ""
+        choice = chunk.choices[0]
+        delta = getattr(choice, "delta", None)
+        piece = getattr(delta, "content", None) or getattr(choice, "text", "") or ""
+        self.calls.add(getattr(delta, "tool_calls", None))
+        self.finish = choice.finish_reason or self.finish
         self.text += piece
         return piece
 
     def generation(self, request: Request) -> Generation:
-        return _generation(request, self.text, self.finish, self.usage)
-
-
-def _delta(chunk: Any) -> tuple[str, str | None]:
-    if not chunk.choices:
-        return "", None
-    choice = chunk.choices[0]
-    piece = getattr(getattr(choice, "delta", None), "content", None) or getattr(choice, "text", "")
-    return piece or "", choice.finish_reason
+        calls = self.calls.whole()
+        return _generation(request, self.text, self.finish, self.usage, (), calls, self.fmt)
 
 
 def _whole(reply: Any) -> tuple[str, str | None]:
@@ -342,6 +357,12 @@ def _whole(reply: Any) -> tuple[str, str | None]:
     message = getattr(choice, "message", None)
     text = message.content if message is not None else choice.text
     return text or "", choice.finish_reason
+
+
+def _calls(reply: Any) -> list[Any]:
+    """The tool calls vLLM's tool parser read from a reply."""
+    message = getattr(reply.choices[0], "message", None)
+    return list(getattr(message, "tool_calls", None) or ())
 
 
 def _token_ids(reply: Any) -> tuple[int, ...]:
@@ -354,17 +375,31 @@ def _token_ids(reply: Any) -> tuple[int, ...]:
 
 
 def _generation(
-    request: Request, text: str, finish: str | None, usage: Any, ids: tuple[int, ...] = ()
+    request: Request,
+    text: str,
+    finish: str | None,
+    usage: Any,
+    ids: tuple[int, ...] = (),
+    raw_calls: Sequence[Any] = (),
+    fmt: ToolFormat = HERMES,
 ) -> Generation:
+    calls, invalid = wire.read_calls(raw_calls, request.tools)
+    if request.tools and request.tool_choice != "none" and not raw_calls and fmt.trigger in text:
+        # vLLM's parser gives up on a reply with a cut-off call: read it as the local engine
+        text, calls, invalid = fmt.parse(text, request.tools)
     reason = finish if finish in ("stop", "length", "cancelled") else "stop"
+    if calls and reason == "stop":
+        reason = "tool_calls"
     described = " + ".join(s.describe() for s in request.steering if not s.is_zero) or None
     return Generation(
-        text,
+        text.strip() if raw_calls else text,
         int(getattr(usage, "prompt_tokens", 0) or 0),
         int(getattr(usage, "completion_tokens", 0) or 0),
         reason,  # type: ignore[arg-type]
         described,
         ids,
+        calls,
+        invalid,
     )
 
 

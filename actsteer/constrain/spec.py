@@ -107,11 +107,12 @@ class Constraint:
         return json.loads(self.source) if self.kind == "json_schema" else None
 
     def wire(self) -> dict[str, Any]:
-        """vLLM's ``structured_outputs`` request field for this constraint."""
-        if self.kind == "json_schema":
-            return {"json": json.loads(self.source)}
-        if self.kind == "json_object":
-            return {"json_object": True}
+        """vLLM's ``structured_outputs`` request field for this constraint. A JSON schema goes
+        as the EBNF grammar xgrammar compiles from it here: vLLM compiles ``{"json": ...}`` with
+        its own server-wide whitespace setting, and the same grammar on both sides is what makes
+        a server's greedy reply equal the in-process one."""
+        if self.kind in ("json_schema", "json_object"):
+            return {"grammar": str(to_grammar(self.kind, self.source))}
         if self.kind == "structural_tag":
             return {"structural_tag": self.source}
         return {self.kind: self.source}

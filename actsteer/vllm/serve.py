@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from ..commands import load_model
@@ -32,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     folder = args.model or str(ensure_converted(progress=False))
     key = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-48:]
     bundle = write_bundle(sm, cache_root() / "serve" / f"{key}.json", vectors=args.vectors)
+    tool_args = tool_flags(sm.tokenizer, args.vllm_args, cache_root() / "serve" / f"{key}.jinja")
     del sm  # vLLM loads its own copy of the weights
     command = [
         sys.executable,
@@ -45,9 +47,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.host,
         "--port",
         str(args.port),
+        *tool_args,
         *args.vllm_args,
     ]
     env = dict(os.environ, **{BUNDLE_ENV: str(bundle)})
+    # actsteer's clients send their own call grammar (one call when forced, compact arguments);
+    # vLLM's strict tool calling would swap it for one that allows any whitespace inside the
+    # arguments, which a small model fills with newlines until max_tokens
+    env.setdefault("VLLM_ENFORCE_STRICT_TOOL_CALLING", "0")
     server = subprocess.Popen(command, env=env)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends vLLM too, like Ctrl-C
     url = f"http://{args.host}:{args.port}"
@@ -71,6 +78,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.terminate()
         server.wait(30)
         return 130
+
+
+#: vLLM's tool parser for each of actsteer's call formats (``actsteer.tools.formats``).
+TOOL_PARSERS = {"hermes": "hermes", "llama": "llama3_json", "mistral": "mistral"}
+
+
+def tool_flags(tokenizer: Any, vllm_args: list[str], template_path: Path) -> list[str]:
+    """vLLM's flags for tool calling with the model's call format, unless the user passed their
+    own: ``--enable-auto-tool-choice --tool-call-parser``, and for a chat template without tool
+    support the tool-aware one that renders actsteer's generic tools block
+    (``actsteer.tools.template``), so the server writes the prompt the local engine writes."""
+    from ..tools.formats import format_for
+    from ..tools.template import generic_template
+
+    given = {a.split("=")[0] for a in vllm_args}
+    if "--tool-call-parser" in given:
+        return []
+    fmt = format_for(tokenizer)
+    flags = ["--enable-auto-tool-choice", "--tool-call-parser", TOOL_PARSERS[fmt.name]]
+    template = getattr(tokenizer, "chat_template", None)
+    if not fmt.native and isinstance(template, str) and "--chat-template" not in given:
+        template_path.parent.mkdir(parents=True, exist_ok=True)
+        template_path.write_text(generic_template(template))
+        flags += ["--chat-template", str(template_path)]
+    return flags
 
 
 def _interrupt(signum: int, frame: Any) -> None:

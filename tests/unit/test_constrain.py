@@ -49,8 +49,20 @@ def test_openai_response_formats_are_read():
     assert Constraint.of({"type": "json_object"}) == Constraint.json_object()
     assert Constraint.of({"type": "text"}) is None
     assert Constraint.of(PERSON) == Constraint.json_schema(PERSON)
-    assert Constraint.json_schema(PERSON).wire() == {"json": PERSON}
     assert Constraint.regex("a+").wire() == {"regex": "a+"}
+
+
+def test_a_schema_travels_as_the_grammar_compiled_here():
+    """A server compiles the very grammar the local engine uses (vLLM's own ``json`` path would
+    apply its server-wide whitespace setting): the EBNF accepts the compact instance only."""
+    import xgrammar as xgr
+
+    wired = Constraint.json_schema(PERSON).wire()
+    assert set(wired) == {"grammar"}
+    grammar = xgr.Grammar.from_ebnf(wired["grammar"])
+    assert xgr.testing._is_grammar_accept_string(grammar, '{"name": "Al", "age": 3}')
+    assert not xgr.testing._is_grammar_accept_string(grammar, '{"name": "Al",\n"age": 3}')
+    assert not xgr.testing._is_grammar_accept_string(grammar, '{"age": 3}')
 
 
 def test_a_constraint_and_tools_together_are_refused():
