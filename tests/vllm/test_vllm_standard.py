@@ -1,5 +1,6 @@
 """LangChain's standard integration suite for a remote ``ChatSteer`` (``base_url=`` an actsteer
-vLLM server), with the same settings and expected failures as the in-process suite."""
+vLLM server), with the same settings and expected failures as the in-process suite: tools and
+structured output included (the server gets the same grammars and renders the same prompts)."""
 
 from __future__ import annotations
 
@@ -27,26 +28,7 @@ class TestRemoteChatSteerIntegration(_local.TestChatSteerIntegration):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {
-            "max_tokens": 12,
+            "max_tokens": 80,  # as in process: room for a tool call or a JSON joke
             "base_url": os.environ["ACTSTEER_TEST_SERVER"],
             "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
         }
-
-    # tools and grammars are not sent to the server yet: the remote engine refuses them with a
-    # GenerationError instead of generating unconstrained (vLLM's structured outputs and tool
-    # parsers are the planned path), so the suite's tool and structured-output tests are off
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
