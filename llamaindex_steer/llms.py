@@ -115,8 +115,7 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
     explicit ``tool_choice`` (``FunctionAgent(initial_tool_choice=...)``) or ``tool_required``
     still wins. Allow parallel calls only on models that stop calling by themselves: under a
     forced choice a small model keeps calling until ``max_new_tokens``. With ``base_url`` the
-    server gets no tools (the remote engine does not send them yet): not a function-calling
-    model there.
+    tools and grammars go to the ``actsteer serve`` server (``actsteer.remote``).
 
     Prompts: ``chat`` renders messages with the tokenizer's chat template (unless a custom
     ``messages_to_prompt`` is given). Being a chat model, ``complete(p)`` sends ``p`` as one user
@@ -230,7 +229,7 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
                 num_output=self.max_new_tokens,
                 model_name=self.model or DEFAULT_MODEL_NAME,
                 is_chat_model=True,
-                is_function_calling_model=False,  # the remote engine sends no tools
+                is_function_calling_model=True,
             )
         sm = self.steered_model
         window = model_context_window(sm)
@@ -390,8 +389,11 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         tools = tool_specs(openai_tools(kwargs.get("tools")))
         choice = normalise_choice(kwargs.get("tool_choice"), tools)
         constraint = kwargs.get("constraint")
-        if constraint is None and tools and choice == "none" and self.base_url is None:
-            constraint = text_reply(self.steered_model.tokenizer)
+        if constraint is None and tools and choice == "none":
+            if self.base_url is None:
+                constraint = text_reply(self.steered_model.tokenizer)
+            else:
+                constraint = text_reply(None, self.engine.tool_format.trigger)
         return Request(
             engine_prompt,
             steering,

@@ -207,11 +207,10 @@ class StructuredOutput:
     ) -> dict[str, Any]:
         """The call kwargs of a structured call: ``structured_steering`` added, and in the
         text-completion modes the schema's grammar, in process (a function-calling program
-        forces a tool call instead, a grammar already; the remote engine sends no grammar)."""
+        forces a tool call instead, a grammar already)."""
         kw = dict(llm_kwargs or {})
         kw.setdefault("extra_steering", self.structured_steering)
-        local = getattr(self, "base_url", None) is None
-        if local and self.pydantic_program_mode in TEXT_MODES and "constraint" not in kw:
+        if self.pydantic_program_mode in TEXT_MODES and "constraint" not in kw:
             constraint = schema_constraint(output_cls)
             if constraint is not None:
                 kw["constraint"] = constraint

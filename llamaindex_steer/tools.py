@@ -105,12 +105,13 @@ def prepare(
     }
 
 
-def text_reply(tokenizer: Any) -> Constraint:
+def text_reply(tokenizer: Any, trigger: str | None = None) -> Constraint:
     """The grammar of a reply under ``tool_choice="none"``: text that neither opens with a tag
     nor contains the model's call trigger (``<tool_call>`` for Hermes-style templates and the
     generic block). Without it a model shown its own past calls writes another one (SmolLM2
-    does after every tool result), which the engine would parse as a call."""
-    trigger = format_for(tokenizer).trigger
+    does after every tool result), which the engine would parse as a call. ``trigger`` names
+    the call trigger where there is no tokenizer (a server's)."""
+    trigger = trigger or format_for(tokenizer).trigger
     head = {"type": "regex", "pattern": r"[^<\s]"}
     rest = {"type": "any_text", "excludes": [trigger]}
     body = {"type": "sequence", "elements": [head, rest]}

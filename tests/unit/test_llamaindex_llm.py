@@ -69,7 +69,7 @@ def test_metadata_context_window_and_tokenizer(llm, sm):
     assert meta.num_output == GEN and meta.is_chat_model and meta.is_function_calling_model
     assert isinstance(llm, FunctionCallingLLM)  # what FunctionAgent and programs look for
     served = SteerLLM(base_url="http://127.0.0.1:1/v1", model="m").metadata
-    assert not served.is_function_calling_model  # the remote engine sends no tools
+    assert served.is_function_calling_model  # tools go to the server
     assert SteerLLM(runtime=sm, context_window=100).metadata.context_window == 100
     assert SteerLLM(runtime=sm, context_window=10**6).metadata.context_window == 512
     assert llm.tokenizer("hello there") == sm.tokenizer.encode("hello there")

@@ -368,6 +368,18 @@ def test_remote_chat_steer_calls_tools_and_parses_schemas(server):
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Oslo"})]
     answer = remote.invoke([*messages_from(CALLED)], steering="love")
     assert answer.content == local.invoke([*messages_from(CALLED)], steering="love").content
+    from llama_index.core import PromptTemplate
+    from llama_index.core.tools import FunctionTool
+
+    li = SteerLLM(base_url=server, model=MODEL, max_new_tokens=48)
+    assert li.metadata.is_function_calling_model
+    reply = li.chat_with_tools(
+        [FunctionTool.from_defaults(get_weather)], user_msg="Weather in Oslo?", tool_required=True
+    )
+    picked = li.get_tool_calls_from_response(reply)
+    assert [(t.tool_name, t.tool_kwargs) for t in picked] == [("get_weather", {"city": "Oslo"})]
+    ask = PromptTemplate("Alice is 30 years old. Who is she?")
+    assert li.structured_predict(Person, ask) == Person(name="Alice", age=30)
 
 
 def messages_from(chat_dicts):
