@@ -11,6 +11,7 @@ from .engine import Engine, GenerationOptions, Request
 from .errors import (
     ActsteerError,
     CoefficientError,
+    ContextWindowError,
     DefaultModelError,
     DistillationError,
     ExpressionError,
@@ -19,6 +20,7 @@ from .errors import (
     ModelMismatchError,
     NonFiniteError,
     OptionsError,
+    PromptError,
     SteeringSpecError,
     UnknownArchitectureError,
     VectorFileError,
@@ -32,6 +34,7 @@ from .vector import ModelFingerprint, SteeringVector, VectorMeta
 __all__ = [
     "ActsteerError",
     "CoefficientError",
+    "ContextWindowError",
     "DefaultModelError",
     "DistillationError",
     "Engine",
@@ -44,6 +47,7 @@ __all__ = [
     "ModelMismatchError",
     "NonFiniteError",
     "OptionsError",
+    "PromptError",
     "Request",
     "SteeredModel",
     "Steering",

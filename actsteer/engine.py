@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .constrain.spec import Constraint
-from .errors import OptionsError, ToolSpecError
+from .errors import OptionsError, SteeringSpecError, ToolSpecError
 from .generation import Generation
 from .prompts import Prompt
 from .spec import Steering, SteeringLike, steering_info
@@ -62,8 +62,8 @@ class GenerationOptions:
         if isinstance(p, bool) or not (isinstance(p, int | float) and 0.0 < p <= 1.0):
             raise OptionsError(f"top_p must be in (0, 1], got {p!r}")
         seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise OptionsError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise OptionsError(f"seed must be an int >= 0 or None, got {seed!r}")
         stop = self.stop
         if stop is None:
             stop = ()
@@ -130,6 +130,16 @@ class Request:
         return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options, shape)
 
 
+def checked(requests: Sequence[Request]) -> Sequence[Request]:
+    """``requests`` if it is a list of ``Request`` values (an engine call's argument)."""
+    if isinstance(requests, Request) or not isinstance(requests, Sequence):
+        raise SteeringSpecError("an engine call takes a list of Request values")
+    bad = [type(r).__name__ for r in requests if not isinstance(r, Request)]
+    if bad:
+        raise SteeringSpecError(f"an engine call takes Request values, got {bad[0]}")
+    return requests
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What an adapter needs from a backend."""
@@ -137,6 +147,15 @@ class Engine(Protocol):
     @property
     def model_name(self) -> str:
         """The served model's name."""
+        ...
+
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens one request may hold, prompt and reply together (None: unknown)."""
+        ...
+
+    def tokenize(self, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> list[int]:
+        """The token ids the model is sent for ``prompt`` (chat template and tools included)."""
         ...
 
     def resolve(

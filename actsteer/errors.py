@@ -44,6 +44,14 @@ class DefaultModelError(ActsteerError, RuntimeError):
     """The embedded default model is not installed or its cache cannot be built."""
 
 
+class PromptError(ActsteerError, ValueError):
+    """A prompt cannot be sent: no messages, or text that encodes to no tokens."""
+
+
+class ContextWindowError(PromptError):
+    """A prompt, with the tokens asked for after it, does not fit the model's context window."""
+
+
 class GenerationError(ActsteerError, RuntimeError):
     """Generation failed or timed out in a worker thread."""
 

@@ -20,8 +20,8 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 
 from . import combine, hooks, resolve, worker
 from .constrain.decode import Grammars, RowGrammars
-from .engine import GenerationOptions, Request
-from .errors import GenerationError, SteeringSpecError
+from .engine import GenerationOptions, Request, checked
+from .errors import GenerationError
 from .generation import (
     CallCancel,
     Generation,
@@ -32,8 +32,10 @@ from .generation import (
     cut_at_stop,
     safe_length,
 )
+from .prompts import Prompt, check_window, context_window
 from .spec import Steering, SteeringLike
 from .tools.formats import format_for, shown_content
+from .tools.spec import ToolSpec
 
 if TYPE_CHECKING:
     from .model import SteeredModel
@@ -67,6 +69,15 @@ class LocalEngine:
     @property
     def model_name(self) -> str:
         return self.sm.fingerprint.name
+
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens a request may hold, prompt and reply together."""
+        return context_window(self.sm.model.config, self.sm.tokenizer)
+
+    def tokenize(self, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> list[int]:
+        """The ids a request with ``prompt`` sends (chat template and tools included)."""
+        return self.sm.encode(prompt, tools)
 
     def resolve(
         self, steering: SteeringLike, *, coeff: float | None = None, positions: str | None = None
@@ -103,7 +114,7 @@ class LocalEngine:
             raise
 
     def submit(self, requests: Sequence[Request]) -> list[Future]:
-        jobs = [self._jobs([r], CallCancel(), prepare_here=True)[0] for r in _checked(requests)]
+        jobs = [self._jobs([r], CallCancel(), prepare_here=True)[0] for r in checked(requests)]
         worker.submit(*jobs)
         return [_single(job) for job in jobs]
 
@@ -184,7 +195,7 @@ class LocalEngine:
         """One job per distinct options (requests in a job share one generate); prepared now
         (a bad prompt or steering fails in the caller's thread) or on the worker."""
         groups: dict[GenerationOptions, list[int]] = {}
-        for i, r in enumerate(_checked(requests)):
+        for i, r in enumerate(checked(requests)):
             groups.setdefault(r.options, []).append(i)
         jobs = []
         for options, index in groups.items():
@@ -204,6 +215,8 @@ class LocalEngine:
     def _prepare(self, job: worker.Job) -> None:
         rows: _Rows = job.payload
         rows.encoded = [self.sm.encode(r.prompt, r.tools) for r in rows.requests]
+        for ids, r in zip(rows.encoded, rows.requests):  # nothing runs past the window
+            check_window(len(ids), r.options.max_new_tokens, self.context_window)
         norms = self.sm.activation_norms() if any(r.steering for r in rows.requests) else {}
         rows.compiled = [
             combine.compile_row(r.steering, self.sm.fingerprint, norms) for r in rows.requests
@@ -397,15 +410,6 @@ class LocalEngine:
         finally:
             job.cancel.set()  # an abandoned stream's row stops at the next step
             future.cancel()  # ... or never starts
-
-
-def _checked(requests: Sequence[Request]) -> Sequence[Request]:
-    if isinstance(requests, Request) or not isinstance(requests, Sequence):
-        raise SteeringSpecError("an engine call takes a list of Request values")
-    bad = [type(r).__name__ for r in requests if not isinstance(r, Request)]
-    if bad:
-        raise SteeringSpecError(f"an engine call takes Request values, got {bad[0]}")
-    return requests
 
 
 def _in_order(jobs: Sequence[worker.Job], results: Sequence[list[Generation]]) -> list[Generation]:

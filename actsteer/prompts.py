@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .errors import SteeringSpecError, ToolSpecError
+from .errors import ContextWindowError, PromptError, ToolSpecError
 from .tools import render as tool_render
 from .tools.spec import ToolSpec
 
@@ -26,7 +26,7 @@ def render(tokenizer: Any, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> st
         return prompt
     messages = [_message(m) for m in prompt]
     if not messages:
-        raise SteeringSpecError("an empty message list cannot be sent to the model")
+        raise PromptError("an empty message list cannot be sent to the model")
     if tool_render.uses_tools(messages, tools):
         chat, offered = tool_render.for_template(tokenizer, messages, tools)
         try:
@@ -69,8 +69,32 @@ def encode(tokenizer: Any, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> li
     ids = tokenizer(text, add_special_tokens=isinstance(prompt, str))
     ids = list(ids["input_ids"])
     if not ids:
-        raise SteeringSpecError("the prompt encodes to zero tokens")
+        raise PromptError("the prompt encodes to zero tokens")
     return ids
+
+
+def context_window(config: Any, tokenizer: Any) -> int | None:
+    """The longest sequence the model takes: its ``max_position_embeddings`` (GPT-2's
+    ``n_positions``), else the tokenizer's ``model_max_length`` where that is a real limit."""
+    n = getattr(config, "max_position_embeddings", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**9 else None
+
+
+def check_window(prompt_tokens: int, max_new_tokens: int, window: int | None) -> None:
+    """Refuse a prompt that, with ``max_new_tokens`` after it, does not fit ``window``: past
+    it a model generates garbage (transformers only warns), and OpenAI answers
+    ``context_length_exceeded``."""
+    if window is None or prompt_tokens + max_new_tokens <= window:
+        return
+    what = f"prompt is {prompt_tokens} tokens, max_new_tokens {max_new_tokens}, window {window}"
+    if prompt_tokens >= window:
+        fix = "shorten the prompt (e.g. langchain_core.messages.trim_messages)"
+    else:
+        fix = f"lower max_new_tokens to {window - prompt_tokens} or shorten the prompt"
+    raise ContextWindowError(f"the request does not fit the context window: {what}; {fix}")
 
 
 def left_pad(
@@ -97,9 +121,7 @@ def _message(m: object) -> dict[str, Any]:
         return out
     if isinstance(m, tuple) and len(m) == 2:
         return {"role": str(m[0]), "content": str(m[1])}
-    raise SteeringSpecError(
-        f"a message must be {{'role', 'content'}} or (role, content), got {m!r}"
-    )
+    raise PromptError(f"a message must be {{'role', 'content'}} or (role, content), got {m!r}")
 
 
 def _portable(chat: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -11,100 +11,28 @@ cannot travel (save them into the server's ``--vectors`` folder and name them ``
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import resolve
 from .engine import GenerationOptions, Request
-from .errors import GenerationError, SteeringSpecError, ToolSpecError
+from .errors import ContextWindowError, GenerationError, SteeringSpecError, ToolSpecError
 from .expressions import Expression, parse
 from .generation import Generation
+from .remote_steering import RemoteSteering, merged
 from .spec import SteeringLike
 from .tools import wire
 from .tools.formats import HERMES, ToolFormat
-from .vector import _span
+from .tools.spec import ToolSpec
+
+if TYPE_CHECKING:
+    from .prompts import Prompt
 
 #: Requests in flight at once from one engine (vLLM batches concurrent requests).
 MAX_IN_FLIGHT = 64
-
-
-@dataclass(frozen=True)
-class RemoteSteering:
-    """A steering as a remote request carries it: a canonical expression and the ``Steering``
-    options set on it (``None``/``False``: the default)."""
-
-    expression: str
-    coeff: float | None = None
-    positions: str | None = None
-    operator: str | None = None
-    layers: tuple[int, ...] | None = None
-    relative: bool = False
-    force: bool = False
-
-    @property
-    def is_zero(self) -> bool:
-        return self.coeff == 0.0
-
-    @property
-    def plain(self) -> bool:
-        """Only an expression, a coefficient and positions: it merges with other plain ones."""
-        return (
-            self.operator in (None, "add")
-            and self.layers is None
-            and not self.relative
-            and not self.force
-        )
-
-    def body(self) -> dict[str, Any]:
-        """The fields that differ from the defaults, as the server's JSON object takes them."""
-        body: dict[str, Any] = {"expression": self.expression}
-        for name in ("coeff", "positions", "operator", "layers", "relative", "force"):
-            value = getattr(self, name)
-            if value is not None and value is not False:
-                body[name] = list(value) if name == "layers" else value
-        return body
-
-    def spec(self) -> str:
-        """The ``vllm_xargs["actsteer"]`` value: the expression, or JSON when options are set."""
-        body = self.body()
-        return self.expression if len(body) == 1 else json.dumps(body, sort_keys=True)
-
-    def describe(self) -> str:
-        """As ``Steering.describe`` prints it: coefficients folded into the terms (an ablation's
-        is its strength), then the options that differ from the defaults."""
-        ablate = self.operator == "ablate"
-        scale = 1.0 if ablate or self.coeff is None else self.coeff
-        terms = tuple(
-            dataclasses.replace(t, coeff=t.coeff * scale) for t in parse(self.expression).terms
-        )
-        opts = [f"layers={_span(self.layers)}"] if self.layers else []
-        opts += [f"positions={self.positions}"] if self.positions not in (None, "all") else []
-        opts += [f"operator={self.operator}"] if self.operator not in (None, "add") else []
-        opts += [f"strength={self.coeff if self.coeff is not None else 1.0:g}"] if ablate else []
-        opts += ["relative"] if self.relative else []
-        text = Expression(terms).canonical()
-        return text + (f" [{', '.join(opts)}]" if opts else "")
-
-    def info(self) -> dict[str, Any]:
-        scale = 1.0 if self.operator == "ablate" or self.coeff is None else self.coeff
-        return {
-            "expression": self.describe(),
-            "terms": [
-                {
-                    "name": t.canonical(),
-                    "coeff": t.coeff * scale,
-                    "positions": self.positions,  # None: each vector's own
-                    "operator": self.operator or "add",
-                }
-                for t in parse(self.expression).terms
-            ],
-        }
 
 
 class RemoteEngine:
@@ -124,6 +52,7 @@ class RemoteEngine:
 
         self.base_url, self._model = base_url, model
         self.tool_format = tool_format
+        self._window: int | None = None
         """How the served model writes calls (hermes: ``<tool_call>``, also actsteer's generic
         block); it must match the server's ``--tool-call-parser``."""
         self._kw = {
@@ -177,6 +106,34 @@ class RemoteEngine:
                 )
         fold()
         return tuple(out)
+
+    def tokenize(self, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> list[int]:
+        """The ids the server sends the model for ``prompt`` (its ``/tokenize``: chat template
+        and tools included); also learns the server's context window."""
+        import httpx
+
+        body: dict[str, Any] = {"model": self._model}
+        if isinstance(prompt, str):
+            body.update(prompt=prompt, add_special_tokens=True)
+        else:
+            body["messages"] = [wire.openai_message(m) for m in prompt]
+            body["tools"] = [t.openai() for t in tools] or None
+        root = self.base_url.removesuffix("/").removesuffix("/v1")
+        try:
+            reply = httpx.post(f"{root}/tokenize", json=body, timeout=self._kw["timeout"])
+            reply.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise GenerationError(f"the server cannot count tokens: {exc}") from exc
+        data = reply.json()
+        self._window = data.get("max_model_len") or self._window
+        return [int(t) for t in data["tokens"]]
+
+    @property
+    def context_window(self) -> int | None:
+        """The server's ``max_model_len`` (asked once)."""
+        if self._window is None:
+            self.tokenize("x")
+        return self._window
 
     # -- the Engine protocol ----------------------------------------------------------------
     def generate(
@@ -306,27 +263,6 @@ class RemoteEngine:
         return chat, kwargs
 
 
-def merged(steerings: Sequence[RemoteSteering]) -> str | None:
-    """One request's steerings as the one ``vllm_xargs["actsteer"]`` value it carries: plain
-    steerings at the same positions fold into one expression (coefficients into the terms);
-    anything else goes as a JSON list of their fields."""
-    if len(steerings) <= 1:
-        return steerings[0].spec() if steerings else None
-    if not all(s.plain for s in steerings) or len({s.positions for s in steerings}) > 1:
-        if len(steerings) > resolve.MAX_SPECS:
-            raise SteeringSpecError(
-                f"a remote request carries at most {resolve.MAX_SPECS} steerings, got "
-                f"{len(steerings)}"
-            )
-        return json.dumps([s.body() for s in steerings], sort_keys=True)
-    terms = tuple(
-        dataclasses.replace(t, coeff=t.coeff * (s.coeff if s.coeff is not None else 1.0))
-        for s in steerings
-        for t in parse(s.expression).terms
-    )
-    return RemoteSteering(Expression(terms).canonical(), None, steerings[0].positions).spec()
-
-
 class _Said:
     """What a stream has said so far: its text, finish reason and usage."""
 
@@ -416,6 +352,9 @@ def _error(exc: Exception) -> Exception:
 
     if isinstance(exc, openai.BadRequestError) and "actsteer" in str(exc):
         return SteeringSpecError(f"the server refused the steering: {exc}")
+    window = ("maximum context length", "cannot be greater than max_model_len")
+    if isinstance(exc, openai.BadRequestError) and any(w in str(exc) for w in window):
+        return ContextWindowError(f"the request does not fit the server's context window: {exc}")
     if isinstance(exc, openai.APIConnectionError):
         return GenerationError(f"cannot reach the vLLM server: {exc}")
     return exc

@@ -102,6 +102,9 @@ class SteerFields(BaseModel):
             positions=data.get("steering_positions"),
         )
         super().__init__(**data)
+        GenerationOptions(  # the options too, now, with the same OptionsError as LlamaIndex
+            self.max_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +137,11 @@ class SteerFields(BaseModel):
             key = self.api_key.get_secret_value() if self.api_key else "EMPTY"
             return remote_engine(self.base_url, self.model_name, key)
         return self.steered_model().engine
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """The model's own token ids of ``text`` (LangChain's default tokenizer is GPT-2's, which
+        cannot load offline: counts came back 0 and ``trim_messages`` never trimmed)."""
+        return self.engine().tokenize(text)
 
     def with_steering(
         self,

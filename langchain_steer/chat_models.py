@@ -43,7 +43,7 @@ from actsteer.engine import Request
 from actsteer.errors import ToolSpecError
 from actsteer.generation import Generation
 from actsteer.prompts import Prompt
-from actsteer.tools import ToolSpec
+from actsteer.tools import ToolSpec, tool_specs
 from actsteer.tools import tool_choice as tool_choice_of
 
 from . import _batch
@@ -147,6 +147,16 @@ class ChatSteer(SteerFields, BaseChatModel):
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict:
         steering = {k: steering_key(kwargs[k]) for k in ("steering",) if k in kwargs}
         return super()._get_invocation_params(stop=stop, **{**kwargs, **steering})
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """The tokens the model is sent for ``messages`` (chat template, and ``tools`` as
+        ``bind_tools`` offers them): an exact ``token_counter`` for ``trim_messages``."""
+        if not messages:
+            return 0
+        specs = tool_specs([convert_to_openai_tool(t) for t in tools or ()])
+        return len(self.engine().tokenize(self._messages(list(messages)), specs))
 
     # -- generation ------------------------------------------------------------------------------
     def _prompt_of(self, value: Any) -> Prompt:

@@ -138,9 +138,9 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         description="An `actsteer serve` vLLM server (http://host:8000/v1); None = in-process.",
     )
     api_key: SecretStr | None = Field(default=None, exclude=True, description="Its API key.")
-    max_new_tokens: int = Field(default=256, gt=0, description="Tokens generated at most.")
-    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, description="Tokens generated at most.")
+    temperature: float = Field(default=0.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass, in (0, 1].")
     seed: int | None = Field(default=None, description="Sampling seed (per call).")
     stop: list[str] | None = Field(default=None, description="Stop strings, cut from the text.")
     context_window: int | None = Field(
@@ -179,6 +179,9 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         resolve.check(data.get("structured_steering"))
         resolve.check(data.get("answer_steering"))
         super().__init__(**data)
+        GenerationOptions(  # the same OptionsError as langchain_steer's models
+            self.max_new_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
+        )
 
     @model_validator(mode="before")
     @classmethod

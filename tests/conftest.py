@@ -45,7 +45,7 @@ TINY_CONFIGS: dict[str, dict] = {
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,  # room for a tools block in byte-level tokens
     ),
     "qwen2": dict(
         model_type="qwen2",

@@ -3,10 +3,12 @@ speak the same option vocabulary where their frameworks allow it."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import build_tiny
 
-from actsteer import ActsteerError
+from actsteer import ActsteerError, OptionsError
 from langchain_steer import ChatSteer
 from langchain_steer import SteerLLM as LangChainLLM
 from llamaindex_steer import SteerLLM as LlamaIndexLLM
@@ -43,3 +45,21 @@ def test_max_tokens_and_max_new_tokens_mean_the_same(sm, cls):
     a, b = cls(runtime=sm, max_tokens=7), cls(runtime=sm, max_new_tokens=7)
     field = "max_new_tokens" if cls is LlamaIndexLLM else "max_tokens"
     assert getattr(a, field) == getattr(b, field) == 7
+
+
+BAD_OPTIONS = [
+    ({"max_tokens": 0}, "max_new_tokens must be a positive int, got 0"),
+    ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+    ({"seed": -5}, "seed must be an int >= 0 or None, got -5"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_OPTIONS, ids=[m for _, m in BAD_OPTIONS])
+def test_the_same_bad_option_raises_the_same_error_at_construction(sm, fields, message):
+    errors = []
+    for cls in ADAPTERS:
+        with pytest.raises(OptionsError, match=re.escape(message)) as caught:
+            cls(runtime=sm, **fields)
+        errors.append((type(caught.value), str(caught.value)))
+    assert len(set(errors)) == 1, errors

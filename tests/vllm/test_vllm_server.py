@@ -14,7 +14,14 @@ import openai
 import pytest
 from langchain_core.runnables import ConfigurableField
 
-from actsteer import GenerationOptions, Request, Steering, SteeringSpecError, SteeringVector
+from actsteer import (
+    ContextWindowError,
+    GenerationOptions,
+    Request,
+    Steering,
+    SteeringSpecError,
+    SteeringVector,
+)
 from actsteer.constrain import Constraint
 from actsteer.remote import remote_engine
 from actsteer.vllm import launch
@@ -398,6 +405,24 @@ def messages_from(chat_dicts):
         else:
             out.append(ToolMessage(m["content"], tool_call_id=m["tool_call_id"]))
     return out
+
+
+def test_the_server_counts_tokens_and_refuses_what_does_not_fit(server, engine, real):
+    """Token counts come from the server's ``/tokenize`` (its template and tools included) and
+    equal the local ones; a prompt over its ``max_model_len`` is a ContextWindowError."""
+    remote, local = ChatSteer(base_url=server, model=MODEL), ChatSteer()
+    text = "Hello world, how are you?"
+    assert remote.get_token_ids(text) == local.get_token_ids(text)
+    history = messages_from(CALLED)
+    assert remote.get_num_tokens_from_messages(history, tools=[WEATHER]) == (
+        local.get_num_tokens_from_messages(history, tools=[WEATHER])
+    )
+    assert engine.context_window == 1024
+    with pytest.raises(ContextWindowError, match="context window"):
+        remote.invoke("word " * 1200, max_tokens=4)
+    with pytest.raises(ContextWindowError):
+        list(remote.stream("word " * 1200, max_tokens=4))
+    assert remote.invoke("Hi", max_tokens=2).content  # and it serves on
 
 
 def test_a_compiled_server_steers_like_in_process(vllm_python, vectors, real, tmp_path):
