@@ -6,8 +6,9 @@ those invokes run, the batch builds every row's engine ``Request`` and submits t
 (``Engine.submit``: the generation thread merges them into batched generates of equal options).
 The invokes then run as usual, in order, in this thread or task; each one's ``_generate`` takes
 its already running row (matched by prompt, steering and options) instead of starting its own.
-A row whose request cannot be built (bad per-row steering) is not submitted: its invoke raises
-the error itself. Rows no invoke took (a cache hit, a streaming callback) are cancelled.
+A row whose request or model cannot be built (bad per-row steering) is not submitted: its invoke
+raises the error itself, and the other rows generate as usual. Rows no invoke took (a cache hit,
+a streaming callback) are cancelled.
 """
 
 from __future__ import annotations
@@ -208,13 +209,39 @@ def rows_of(model: Any, inputs: list[Any], config: Any) -> tuple[list[Row], int]
 
 # -- configurable wrappers that keep per-row configs batched -------------------------------------
 def _prepared(dyn: Any, inputs: list[Any], config: Any) -> tuple[list[Row], int] | None:
-    """Per-config prepared models and the chunk size when all are actsteer adapters, else None."""
+    """Per-config prepared models and the chunk size when all are actsteer adapters, else None.
+    A row whose model cannot be built (bad per-row steering or options) fails alone: its invoke
+    raises that error, as in LangChain's own per-row batch."""
     configs = get_config_list(config, len(inputs))
-    prepared = [dyn.prepare(c) for c in configs]
-    if not inputs or not all(hasattr(r, "_batch_request") for r, _ in prepared):
+    prepared: list[tuple[Any, Any]] = []
+    for c in configs:
+        try:
+            prepared.append(dyn.prepare(c))
+        except Exception as exc:
+            prepared.append((_Failed(exc), c))
+    ok = [r for r, _ in prepared if not isinstance(r, _Failed)]
+    if not inputs or not all(hasattr(r, "_batch_request") for r in ok):
         return None
-    size = configs[0].get("max_concurrency") or min(r.batch_size for r, _ in prepared)
+    size = configs[0].get("max_concurrency") or min((r.batch_size for r in ok), default=1)
     return [(r, x, c) for (r, c), x in zip(prepared, inputs, strict=True)], size
+
+
+class _Failed:
+    """A batch row whose model could not be built: every way of running it raises the error."""
+
+    streaming = False
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def _batch_request(self, *args: Any, **kwargs: Any) -> Request | None:
+        raise self.error
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    async def ainvoke(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
 
 
 class _RowBatching:

@@ -14,7 +14,7 @@ from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import ConfigurableField
 
-from actsteer import Steering
+from actsteer import Steering, SteeringSpecError
 from langchain_steer import ChatSteer
 
 N = 12
@@ -149,20 +149,26 @@ def test_threads_and_tasks_match_references(sm, settings, inputs, references):
 def test_return_exceptions_isolates_a_bad_row(knob, settings, inputs, references, calls):
     configs = _configs(settings)
     configs[5] = {"configurable": {"format_steering": "file:/nonexistent/vector.safetensors"}}
+    configs[2] = {"configurable": {"format_steering": "jsno"}}  # refused building the model
     out = knob.batch(inputs, configs, return_exceptions=True)
     assert isinstance(out[5], Exception)
-    assert [m.content for i, m in enumerate(out) if i != 5] == references[:5] + references[6:]
-    assert calls == [N - 1]
-    with pytest.raises(Exception, match="nonexistent"):
+    assert isinstance(out[2], SteeringSpecError) and "did you mean" in str(out[2])
+    good = [i for i in range(N) if i not in (2, 5)]
+    assert [out[i].content for i in good] == [references[i] for i in good]
+    assert calls == [N - 2]
+    with pytest.raises(SteeringSpecError, match="unknown preset 'jsno'"):  # the first in order
         knob.batch(inputs, configs)
 
 
 async def test_async_return_exceptions(knob, settings, inputs, references):
     configs = _configs(settings)
     configs[0] = {"configurable": {"format_steering": "file:/nonexistent/vector.safetensors"}}
+    configs[3] = {"configurable": {"format_steering": "json:4 +"}}
     out = await knob.abatch(inputs, configs, return_exceptions=True)
-    assert isinstance(out[0], Exception)
-    assert [m.content for m in out[1:]] == references[1:]
+    assert isinstance(out[0], Exception) and isinstance(out[3], SteeringSpecError)
+    assert [m.content for i, m in enumerate(out) if i not in (0, 3)] == [
+        r for i, r in enumerate(references) if i not in (0, 3)
+    ]
 
 
 def test_cached_rows_skip_the_batch(sm, settings, inputs, calls):
