@@ -33,6 +33,8 @@ from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from actsteer.engine import Request
 from actsteer.generation import Generation
 
+from . import _deadline
+
 Row = tuple[Any, Any, RunnableConfig]
 """One batch input: the actsteer model that runs it (``ChatSteer``/``SteerLLM``), the input
 and its config."""
@@ -51,19 +53,32 @@ def take(request: Request) -> Future | None:
     return queue.popleft() if queue else None
 
 
-def generate(model: Any, requests: Sequence[Request]) -> list[Generation]:
+def generate(
+    model: Any, requests: Sequence[Request], timeout: float | None = None
+) -> list[Generation]:
     """Generations for ``requests``: rows of the current batch are taken, the rest generate
-    together in one engine call."""
+    together in one engine call; with ``timeout``, all within that many seconds."""
     found = [take(r) for r in requests]
     rest = [r for r, f in zip(requests, found, strict=True) if f is None]
+    if timeout is not None:
+        fresh_futures = iter(model.engine().submit(rest) if rest else [])
+        futures = [f if f is not None else next(fresh_futures) for f in found]
+        return _deadline.results(futures, timeout)
     fresh = iter(model.engine().generate(rest) if rest else [])
     return [_wait(f) if f is not None else next(fresh) for f in found]
 
 
-async def agenerate(model: Any, requests: Sequence[Request]) -> list[Generation]:
+async def agenerate(
+    model: Any, requests: Sequence[Request], timeout: float | None = None
+) -> list[Generation]:
     """``generate`` without blocking the event loop."""
     found = [take(r) for r in requests]
     rest = [r for r, f in zip(requests, found, strict=True) if f is None]
+    if timeout is not None:
+        submitted = await asyncio.to_thread(model.engine().submit, rest) if rest else []
+        fresh_futures = iter(submitted)
+        futures = [f if f is not None else next(fresh_futures) for f in found]
+        return await _deadline.aresults(futures, timeout)
     fresh = iter(await model.engine().agenerate(rest) if rest else [])
     out = []
     for f in found:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from actsteer import Generation, SteeredModel, Steering, SteeringVector, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
+from actsteer.errors import OptionsError
 from actsteer.prompts import Prompt
 from actsteer.remote import remote_engine
 from actsteer.spec import steering_info
@@ -90,7 +91,8 @@ class SteerFields(BaseModel):
     stop: list[str] | None = None
     """Stop strings (multi-token allowed); the output is cut before the first one."""
     timeout: float | None = None
-    """Seconds a stream waits for the next token before failing."""
+    """Seconds a whole call may take, as ``ChatOpenAI``'s ``timeout``: past it the call's rows
+    stop and it raises ``TimeoutError`` (None: no limit)."""
     batch_size: int = Field(default=32, ge=1)
     """Most rows in one batched generate (``max_concurrency`` in the config lowers it)."""
 
@@ -248,7 +250,7 @@ class SteerFields(BaseModel):
         resolved here, once."""
         kw = dict(kwargs)
         kw.pop("stream", None)
-        kw.pop("timeout", None)  # read by the streaming calls (``_timeout``)
+        kw.pop("timeout", None)  # a deadline for the whole call (``_timeout``)
         model = kw.pop("model", None)
         if model is not None and model != self.model_name:
             raise ValueError(
@@ -302,9 +304,12 @@ class SteerFields(BaseModel):
         cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
         return self.cache is not False and cache is not None
 
-    def _timeout(self, kwargs: dict[str, Any]) -> float:
-        """Seconds a stream waits for its next token (600 unless set)."""
-        return kwargs.get("timeout") or self.timeout or 600.0
+    def _timeout(self, kwargs: dict[str, Any]) -> float | None:
+        """The call's ``timeout`` (per call, else the field's): seconds it may take in all."""
+        timeout = kwargs.get("timeout", self.timeout)
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise OptionsError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return timeout
 
 
 def usage(g: Generation) -> UsageMetadata:

@@ -46,7 +46,7 @@ from actsteer.prompts import Prompt
 from actsteer.tools import ToolSpec, tool_specs
 from actsteer.tools import tool_choice as tool_choice_of
 
-from . import _batch
+from . import _batch, _deadline
 from ._common import SteerFields, steering_key, usage
 from .messages import plain_messages, render_messages
 
@@ -220,7 +220,7 @@ class ChatSteer(SteerFields, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = self._chat_request(messages, stop, kwargs)
-        return self._result(_batch.generate(self, [request])[0], request)
+        return self._result(_batch.generate(self, [request], self._timeout(kwargs))[0], request)
 
     async def _agenerate(
         self,
@@ -231,7 +231,8 @@ class ChatSteer(SteerFields, BaseChatModel):
     ) -> ChatResult:
         # loading the model or extracting a preset takes seconds: keep it off the event loop
         request = await asyncio.to_thread(self._chat_request, messages, stop, kwargs)
-        return self._result((await _batch.agenerate(self, [request]))[0], request)
+        generated = await _batch.agenerate(self, [request], self._timeout(kwargs))
+        return self._result(generated[0], request)
 
     def _stream(
         self,
@@ -241,7 +242,9 @@ class ChatSteer(SteerFields, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self._chat_request(messages, stop, kwargs)
-        for item in self.engine().stream(request, timeout=self._timeout(kwargs)):
+        timeout = self._timeout(kwargs)
+        items = self.engine().stream(request, timeout=timeout or _deadline.STALL)
+        for item in _deadline.stream(items, timeout):
             chunk = self._chunk(item, request)
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -255,7 +258,9 @@ class ChatSteer(SteerFields, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = await asyncio.to_thread(self._chat_request, messages, stop, kwargs)
-        async for item in self.engine().astream(request, timeout=self._timeout(kwargs)):
+        timeout = self._timeout(kwargs)
+        items = self.engine().astream(request, timeout=timeout or _deadline.STALL)
+        async for item in _deadline.astream(items, timeout):
             chunk = self._chunk(item, request)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

@@ -19,7 +19,7 @@ from actsteer.engine import Request
 from actsteer.generation import Generation
 from actsteer.prompts import Prompt
 
-from . import _batch
+from . import _batch, _deadline
 from ._common import SteerFields, usage
 
 
@@ -122,7 +122,7 @@ class SteerLLM(SteerFields, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         requests = self._requests(prompts, stop, kwargs)
-        return self._results(_batch.generate(self, requests), requests)
+        return self._results(_batch.generate(self, requests, self._timeout(kwargs)), requests)
 
     async def _agenerate(
         self,
@@ -132,7 +132,8 @@ class SteerLLM(SteerFields, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         requests = await asyncio.to_thread(self._requests, prompts, stop, kwargs)
-        return self._results(await _batch.agenerate(self, requests), requests)
+        generated = await _batch.agenerate(self, requests, self._timeout(kwargs))
+        return self._results(generated, requests)
 
     def _stream(
         self,
@@ -142,7 +143,9 @@ class SteerLLM(SteerFields, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
-        for item in self.engine().stream(request, timeout=self._timeout(kwargs)):
+        timeout = self._timeout(kwargs)
+        items = self.engine().stream(request, timeout=timeout or _deadline.STALL)
+        for item in _deadline.stream(items, timeout):
             if isinstance(item, Generation):
                 yield GenerationChunk(text="", generation_info=self._info(item, request))
                 continue
@@ -159,7 +162,9 @@ class SteerLLM(SteerFields, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         request = await asyncio.to_thread(self._request, prompt, stop, kwargs)
-        async for item in self.engine().astream(request, timeout=self._timeout(kwargs)):
+        timeout = self._timeout(kwargs)
+        items = self.engine().astream(request, timeout=timeout or _deadline.STALL)
+        async for item in _deadline.astream(items, timeout):
             if isinstance(item, Generation):
                 yield GenerationChunk(text="", generation_info=self._info(item, request))
                 continue
