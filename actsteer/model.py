@@ -8,12 +8,14 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import activations, combine, hooks, prompts, resolve, worker
+from .default_model import DEFAULT_MODEL_NAME, ensure_converted, is_embedded
 from .engine import GenerationOptions, Request
 from .errors import GenerationError, SteeringSpecError
 from .generation import Generation
@@ -115,9 +117,10 @@ class SteeredModel:
         key = (model_id, repr(sorted(kwargs.items(), key=lambda kv: kv[0])))
         with _SHARED_LOCK:
             if key not in _SHARED:
-                _SHARED[key] = (
-                    cls.default() if model_id is None else cls.from_pretrained(model_id, **kwargs)
+                load = (
+                    cls.default if is_embedded(model_id) else partial(cls.from_pretrained, model_id)
                 )
+                _SHARED[key] = load(**kwargs)  # kwargs (dtype, device_map) apply to both
             return _SHARED[key]
 
     @classmethod
@@ -126,13 +129,11 @@ class SteeredModel:
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
-    def default(cls, *, progress: bool = True) -> SteeredModel:
-        """The embedded SmolLM2-135M-Instruct (converted and cached on first use)."""
-        from .default_model import DEFAULT_MODEL_NAME, ensure_converted
-
+    def default(cls, *, progress: bool = True, **kwargs: Any) -> SteeredModel:
+        """The embedded SmolLM2-135M-Instruct, cached on first use; kwargs go to from_pretrained."""
         folder = ensure_converted(progress=progress)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, **{"dtype": torch.float32, **kwargs})
         return cls(model, tokenizer, name=DEFAULT_MODEL_NAME)
 
     def close(self) -> None:

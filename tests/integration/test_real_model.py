@@ -117,3 +117,22 @@ def test_default_model_loads_from_the_converted_cache(real):
     assert (folder / "actsteer-complete").is_file()
     assert (folder / "model.safetensors").is_file()
     assert real.fingerprint.num_layers == 30 and real.fingerprint.hidden_size == 576
+
+
+def test_the_embedded_models_own_id_and_model_kwargs_load_the_embedded_copy(monkeypatch, real):
+    """Offline, the embedded model's Hub id is the embedded copy (not a Hub error), and
+    model_kwargs apply to it; online, the id means the Hub's own weights."""
+    from huggingface_hub import constants
+
+    from actsteer import SteeredModel
+    from actsteer.default_model import DEFAULT_MODEL_NAME, is_embedded
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert is_embedded(DEFAULT_MODEL_NAME) and is_embedded(None)
+    by_id = SteeredModel.shared(DEFAULT_MODEL_NAME)
+    assert by_id.fingerprint == real.fingerprint
+    assert by_id.generate("Hi", max_new_tokens=4) == real.generate("Hi", max_new_tokens=4)
+    half = SteeredModel.shared(None, dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert not is_embedded(DEFAULT_MODEL_NAME)

@@ -35,7 +35,7 @@ def ended(slow):
 
 def _raises_soon(call) -> None:
     start = time.monotonic()
-    with pytest.raises(TimeoutError, match="timeout=0.2 s"):
+    with pytest.raises(TimeoutError, match=r"timeout=0\.2 s"):
         call()
     assert time.monotonic() - start < 2.0  # far from the 4 s the reply would take
 
