@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         'of Steering fields, e.g. \'{"expression": "love", "operator": "ablate"}\'',
     )
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message")
-    p.add_argument("--system", help="system prompt (with --chat)")
+    p.add_argument("--system", help="system prompt (implies --chat)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int)

@@ -61,8 +61,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     sm = load_model(args)
-    prompt: Any = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    if args.chat and args.system:
+    chat = args.chat or bool(args.system)  # a system prompt implies a chat
+    prompt: Any = [{"role": "user", "content": args.prompt}] if chat else args.prompt
+    if args.system:
         prompt.insert(0, {"role": "system", "content": args.system})
     kw = {
         "max_new_tokens": args.max_new_tokens,

@@ -186,3 +186,20 @@ def test_eval_smoke_on_two_prompts(tmp_path, real):
     assert "| condition |" in md.read_text()
     bad = run("eval", "--steer", "file:/nope.safetensors", check=False)
     assert bad.returncode == 2 and "--check is required" in bad.stderr
+
+
+def test_a_system_prompt_implies_a_chat(real):
+    def text(*extra: str) -> str:
+        out = run("generate", "Say hello.", "--max-new-tokens", "8", "--json", *extra).stdout
+        return json.loads(out)["text"]
+
+    system = ("--system", "Answer in French.")
+    assert text(*system) == text("--chat", *system) != text("--chat")
+    want = real.generate(
+        [
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "Say hello."},
+        ],
+        max_new_tokens=8,
+    )
+    assert text(*system) == want
