@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.caches import BaseCache
@@ -365,43 +364,59 @@ class ChatSteer(SteerFields, BaseChatModel):
             raise ValueError(f"unknown method {method!r}")
         if schema is None and method != "json_mode":
             raise ValueError("a schema is required unless method='json_mode'")
-        if method == "function_calling":
-            return super().with_structured_output(schema, include_raw=include_raw)
-        json_schema = convert_to_json_schema(schema) if schema is not None else None
-        constraint = (
-            Constraint.json_object()
-            if method == "json_mode"
-            else Constraint.json_schema(json_schema)
-        )
-        llm = self.bind(
-            constraint=constraint,
-            ls_structured_output_format={
-                "kwargs": {"method": method, "strict": strict},
-                "schema": json_schema if json_schema is not None else {},
-            },
-        )
-        instructions = _instructions(json_schema)
+        if method == "function_calling":  # the schema as a tool, its call forced (a grammar)
+            tool = convert_to_openai_tool(schema)
+            name = tool["function"]["name"]
+            traced = {"kwargs": {"method": method}, "schema": tool}
+            llm = self.bind_tools([tool], tool_choice=name, ls_structured_output_format=traced)
 
-        def add_instructions(value: LanguageModelInput) -> list[BaseMessage]:
-            messages = self._convert_input(value).to_messages()
-            if messages and isinstance(messages[0], SystemMessage):
-                first = SystemMessage(f"{messages[0].text}\n\n{instructions}")
-                return [first, *messages[1:]]
-            return [SystemMessage(instructions), *messages]
+            def parse(message: BaseMessage) -> Any:
+                calls = [c for c in getattr(message, "tool_calls", []) if c["name"] == name]
+                if not calls:
+                    raise OutputParserException(f"the reply has no call of {name!r}")
+                return _parse_structured(json.dumps(calls[0]["args"]), schema, None)
 
-        def parse(message: BaseMessage) -> Any:
-            return _parse_structured(message.text, schema, json_schema)
+            prompt: Runnable = RunnablePassthrough()
+        else:
+            json_schema = convert_to_json_schema(schema) if schema is not None else None
+            constraint = (
+                Constraint.json_object()
+                if method == "json_mode"
+                else Constraint.json_schema(json_schema)
+            )
+            llm = self.bind(
+                constraint=constraint,
+                ls_structured_output_format={
+                    "kwargs": {"method": method, "strict": strict},
+                    "schema": json_schema if json_schema is not None else {},
+                },
+            )
+            instructions = _instructions(json_schema)
 
-        prompt = RunnableLambda(add_instructions, name="structured_output_instructions")
+            def add_instructions(value: LanguageModelInput) -> list[BaseMessage]:
+                messages = self._convert_input(value).to_messages()
+                if messages and isinstance(messages[0], SystemMessage):
+                    first = SystemMessage(f"{messages[0].text}\n\n{instructions}")
+                    return [first, *messages[1:]]
+                return [SystemMessage(instructions), *messages]
+
+            def parse(message: BaseMessage) -> Any:
+                return _parse_structured(message.text, schema, json_schema)
+
+            prompt = RunnableLambda(add_instructions, name="structured_output_instructions")
         parser = RunnableLambda(parse, name="structured_output_parser")
         if not include_raw:
             return prompt | llm | parser
-        parsed = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
-        ).with_fallbacks(
-            [RunnablePassthrough.assign(parsed=lambda _: None)], exception_key="parsing_error"
-        )
-        return RunnableMap(raw=prompt | llm) | parsed
+
+        def with_raw(value: dict[str, Any]) -> dict[str, Any]:
+            """The raw message, the parsed value or the parsing error: never raises, also when
+            streamed (fallbacks cannot catch an error after a stream's first chunk)."""
+            try:
+                return {"raw": value["raw"], "parsed": parse(value["raw"]), "parsing_error": None}
+            except Exception as exc:
+                return {"raw": value["raw"], "parsed": None, "parsing_error": exc}
+
+        return RunnableMap(raw=prompt | llm) | RunnableLambda(with_raw, name="structured_output")
 
 
 # -- structured output helpers -------------------------------------------------------------------

@@ -392,8 +392,9 @@ def test_structured_output_steers_instructs_parses_and_validates(chat, sm, monke
     assert as_dict.invoke("Ada is 36.") == {"name": "Ada", "age": 36}
     assert seen[-1].constraint == Constraint.json_object()
     both = chat.with_steering("concise").with_structured_output(Person, method="function_calling")
-    both.invoke("x")
-    assert [t.name for t in seen[-1].tools] == ["Person"] and seen[-1].tool_choice == "required"
+    with pytest.raises(OutputParserException, match="no call of 'Person'"):  # text, no call
+        both.invoke("x")
+    assert [t.name for t in seen[-1].tools] == ["Person"] and seen[-1].tool_choice == "Person"
     assert [t.name for s in seen[-1].steering for t in s.terms] == ["concise"]
     # the model's own steering applies to what it writes inside the JSON
     chat.with_steering({"expression": "love", "positions": "generated"}).with_structured_output(
@@ -411,6 +412,10 @@ def test_structured_output_errors_and_include_raw(chat, sm, monkeypatch):
     raw = chat.with_structured_output(Person, include_raw=True).invoke("x")
     assert raw["parsed"] is None and isinstance(raw["parsing_error"], OutputParserException)
     assert raw["raw"].content == '{"name": "Ada"}'
+    for method in ("json_schema", "function_calling", "json_mode"):  # streamed: never raises
+        *_, last = chat.with_structured_output(Person, method=method, include_raw=True).stream("x")
+        assert set(last) == {"raw", "parsed", "parsing_error"}
+        assert isinstance(last["parsed"], Person) or last["parsing_error"] is not None
     _fake_reply(monkeypatch, sm, "no json here")
     with pytest.raises(OutputParserException, match="no JSON object"):
         chat.with_structured_output(Person, strict=True).invoke("x")
