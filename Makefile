@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) bench/batch.py
 	$(PY) bench/template.py
 	$(PY) bench/distill.py
+	$(PY) bench/grammar.py
 	# competitors for the extraction benchmark, installed without their (conflicting) pins
 	$(PY) -m pip install -q --no-deps -r bench/requirements.txt
 	$(PY) bench/extract.py
