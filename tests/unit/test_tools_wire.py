@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace as NS
 
 import pytest
+from conftest import tiny_tokenizer
 
 from actsteer import GenerationOptions, Request
 from actsteer.constrain import Constraint
@@ -18,7 +19,6 @@ from actsteer.tools import HERMES, tool_specs
 from actsteer.tools.template import generic_template
 from actsteer.tools.wire import CallPieces, openai_message, read_calls
 from actsteer.vllm.serve import tool_flags
-from tests.conftest import tiny_tokenizer
 
 WEATHER = {
     "type": "function",
