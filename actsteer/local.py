@@ -215,8 +215,9 @@ class LocalEngine:
     def _prepare(self, job: worker.Job) -> None:
         rows: _Rows = job.payload
         rows.encoded = [self.sm.encode(r.prompt, r.tools) for r in rows.requests]
+        window = self.context_window
         for ids, r in zip(rows.encoded, rows.requests):  # nothing runs past the window
-            check_window(len(ids), r.options.max_new_tokens, self.context_window)
+            check_window(len(ids), r.options.max_new_tokens, window)
         norms = self.sm.activation_norms() if any(r.steering for r in rows.requests) else {}
         rows.compiled = [
             combine.compile_row(r.steering, self.sm.fingerprint, norms) for r in rows.requests

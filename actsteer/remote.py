@@ -52,9 +52,9 @@ class RemoteEngine:
 
         self.base_url, self._model = base_url, model
         self.tool_format = tool_format
-        self._window: int | None = None
         """How the served model writes calls (hermes: ``<tool_call>``, also actsteer's generic
         block); it must match the server's ``--tool-call-parser``."""
+        self._window: int | None = None
         self._kw = {
             "base_url": base_url,
             "api_key": api_key,
@@ -182,16 +182,15 @@ class RemoteEngine:
 
     # -- HTTP -------------------------------------------------------------------------------
     def _call(self, request: Request) -> Generation:
-        reply = self._create(self.client, request, stream=False)
-        return _generation(
-            request, *_whole(reply), reply.usage, _token_ids(reply), _calls(reply), self.tool_format
-        )
+        return self._read(request, self._create(self.client, request, stream=False))
 
     async def _acall(self, request: Request) -> Generation:
-        reply = await self._acreate(request, stream=False)
-        return _generation(
-            request, *_whole(reply), reply.usage, _token_ids(reply), _calls(reply), self.tool_format
-        )
+        return self._read(request, await self._acreate(request, stream=False))
+
+    def _read(self, request: Request, reply: Any) -> Generation:
+        """A whole (non-stream) reply as the request's ``Generation``."""
+        ids, calls = _token_ids(reply), _calls(reply)
+        return _generation(request, *_whole(reply), reply.usage, ids, calls, self.tool_format)
 
     def _create(self, client: Any, request: Request, *, stream: bool, timeout=None) -> Any:
         chat, kwargs = self._kwargs(request, stream, timeout)

@@ -61,9 +61,8 @@ def generate(
     found = [take(r) for r in requests]
     rest = [r for r, f in zip(requests, found, strict=True) if f is None]
     if timeout is not None:
-        fresh_futures = iter(model.engine().submit(rest) if rest else [])
-        futures = [f if f is not None else next(fresh_futures) for f in found]
-        return _deadline.results(futures, timeout)
+        submitted = model.engine().submit(rest) if rest else []
+        return _deadline.results(_merged(found, submitted), timeout)
     fresh = iter(model.engine().generate(rest) if rest else [])
     return [_wait(f) if f is not None else next(fresh) for f in found]
 
@@ -76,14 +75,19 @@ async def agenerate(
     rest = [r for r, f in zip(requests, found, strict=True) if f is None]
     if timeout is not None:
         submitted = await asyncio.to_thread(model.engine().submit, rest) if rest else []
-        fresh_futures = iter(submitted)
-        futures = [f if f is not None else next(fresh_futures) for f in found]
-        return await _deadline.aresults(futures, timeout)
+        return await _deadline.aresults(_merged(found, submitted), timeout)
     fresh = iter(await model.engine().agenerate(rest) if rest else [])
     out = []
     for f in found:
         out.append(await _await(f) if f is not None else next(fresh))
     return out
+
+
+def _merged(found: Sequence[Future | None], submitted: Sequence[Future]) -> list[Future]:
+    """One future per request: the batch's running row where one was found, else the next of
+    the rows submitted for the rest."""
+    fresh = iter(submitted)
+    return [f if f is not None else next(fresh) for f in found]
 
 
 def _wait(future: Future) -> Generation:
