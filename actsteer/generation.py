@@ -145,6 +145,8 @@ class TokenQueue:
         self.queue: queue.Queue = queue.Queue()
         self.row_done = False
         """Set when the row ended (EOS, stop string, cancel) while its batch may go on."""
+        self.closed = False
+        """Set before the end when the row's tool call was finished by the token budget."""
 
     def end(self) -> None:
         self.queue.put(self.END)
@@ -191,7 +193,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 def safe_length(text: str, stop: Sequence[str]) -> int:
     """How much of ``text`` can be emitted now: hold back a tail that might start a stop string
     (an unfinished multi-byte character is already left out of ``text``, see
-    ``local.decode_reply``)."""
+    ``runtime.replies.decode_reply``)."""
     n = len(text)
     hold = 0
     for s in stop:

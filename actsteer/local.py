@@ -33,6 +33,7 @@ from .generation import (
     safe_length,
 )
 from .prompts import Prompt, check_window, context_window
+from .runtime.replies import decode_reply, read_reply, until_eos
 from .spec import Steering, SteeringLike
 from .tools.formats import format_for, shown_content
 from .tools.spec import ToolSpec
@@ -297,8 +298,16 @@ class LocalEngine:
             eos_token_id=list(sm.eos_token_ids) or None,
         )
         processors = LogitsProcessorList()
+        grammars, streaming = None, dict(streams)
         if any(g is not None for g in batch.grammars or ()):  # masks first, then sampling
-            processors.append(RowGrammars(batch.grammars, ids.shape[1], self._grammars.vocab_size))
+            assert self._grammars is not None
+            grammars = RowGrammars(
+                batch.grammars, ids.shape[1], self._grammars.vocab_size,
+                budget=options.max_new_tokens, closer=self._grammars.closer,
+                close=[r.constraint is None and bool(r.tools) for r in batch.requests],
+                on_close=lambda row: row in streaming and setattr(streaming[row], "closed", True),
+            )  # fmt: skip
+            processors.append(grammars)
         if options.temperature > 0:
             processors.append(
                 SeededSampler(ids.shape[0], options.temperature, options.top_p, options.seed)
@@ -313,7 +322,7 @@ class LocalEngine:
                 stopping_criteria=StoppingCriteriaList([stops]),
                 streamer=RowStreamer(streams, stops) if streams else None,
             )
-        width = out.shape[1]
+        width, closed = out.shape[1], grammars.closed if grammars else set()
         return [
             self._finish(
                 len(tokens),
@@ -321,6 +330,7 @@ class LocalEngine:
                 batch.requests[row],
                 cancels[row],
                 compiled[row][1],
+                row in closed,
             )
             for row, tokens in enumerate(encoded)
         ]
@@ -332,31 +342,15 @@ class LocalEngine:
         request: Request,
         cancel: CallCancel,
         steering: str | None,
+        closed: bool = False,
     ) -> Generation:
-        options = request.options
-        eos = self.sm.eos_token_ids
-        kept = _until_eos(new, eos)
-        decoded = decode_reply(self.sm.tokenizer, kept)
-        text, hit = cut_at_stop(decoded, options.stop)
-        ended_on_eos = len(kept) < len(new) and new[len(kept)] in eos
-        if hit or ended_on_eos:
-            reason = "stop"
-        elif len(new) >= options.max_new_tokens:
-            reason = "length"
-        else:
-            reason = "cancelled" if cancel.is_set() else "stop"
-        used = len(kept) + (1 if ended_on_eos else 0)
-        calls: tuple = ()
-        invalid: tuple = ()
-        if request.tools and request.tool_choice != "none":  # "none": the reply is text
-            text, calls, invalid = format_for(self.sm.tokenizer).parse(text, request.tools)
-            reason = "tool_calls" if calls and reason == "stop" else reason
-        return Generation(
-            text, prompt_tokens, used, reason, steering, tuple(new[:used]), calls, invalid
-        )
+        return read_reply(
+            self.sm.tokenizer, self.sm.eos_token_ids, request, prompt_tokens, new,
+            cancelled=cancel.is_set(), steering=steering, closed=closed,
+        )  # fmt: skip
 
     def _decode(self, new: Sequence[int]) -> str:
-        return decode_reply(self.sm.tokenizer, _until_eos(new, self.sm.eos_token_ids))
+        return decode_reply(self.sm.tokenizer, until_eos(new, self.sm.eos_token_ids))
 
     # -- streaming (on the caller's thread) -------------------------------------------------
     def _stream(self, job: worker.Job, timeout: float | None) -> Iterator[str | Generation]:
@@ -403,7 +397,12 @@ class LocalEngine:
             if not (hit or tokens_in.row_done or future.cancelled()):
                 future.result()  # the generate ended before this row did: re-raise a failure
             final = self._finish(
-                len(rows.encoded[0]), new, request, job.cancel, rows.compiled[0][1]
+                len(rows.encoded[0]),
+                new,
+                request,
+                job.cancel,
+                rows.compiled[0][1],
+                tokens_in.closed,
             )
             if len(final.text) > sent:
                 yield final.text[sent:]
@@ -442,18 +441,3 @@ def _single(job: worker.Job) -> Future:
     outer.add_done_callback(stop)
     job.future.add_done_callback(relay)
     return outer
-
-
-def decode_reply(tokenizer: Any, ids: Sequence[int]) -> str:
-    """The text of reply tokens, without trailing replacement characters: the bytes of a
-    multi-byte character the reply stopped in the middle of (a token cap, a cancel). Hugging
-    Face's ``DecodeStream``, which vLLM's detokenizer uses, never emits those either, so local
-    and served replies agree, and a stream holds them back until they complete."""
-    return tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
-
-
-def _until_eos(new: Sequence[int], eos: Sequence[int]) -> list[int]:
-    for i, t in enumerate(new):
-        if t in eos:
-            return list(new[:i])
-    return list(new)

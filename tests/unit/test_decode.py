@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from conftest import build_tiny, tiny_tokenizer
 
-from actsteer.local import decode_reply
+from actsteer.runtime.replies import decode_reply
 
 
 def test_an_unfinished_character_at_the_end_is_dropped_and_a_whole_one_kept():
