@@ -60,6 +60,11 @@ class DistillationError(ActsteerError, RuntimeError):
     """Distillation produced no vector: its loss diverged, or it was cancelled."""
 
 
+class PresetNotPreparedError(SteeringSpecError):
+    """A preset has no vector for this model yet, and where it was asked for cannot make one
+    (a server's front end): prepare it first (``actsteer serve`` does, or ``presets.build``)."""
+
+
 class ExpressionError(SteeringSpecError):
     """A steering expression does not parse; ``position`` indexes the bad character of ``text``."""
 

@@ -219,7 +219,9 @@ def _expression(sm: SteeredModel, text: str) -> tuple[Steering, ...]:
                 vec = vec.select(t.layers)
             where = trained_positions(vec)
         else:
-            vec = presets.ready_vector(sm, t.source, layers=t.layers)
+            # a model that cannot train (a server's front end) only reads prepared vectors
+            prepare = getattr(sm, "prepares_presets", True)
+            vec = presets.ready_vector(sm, t.source, layers=t.layers, prepare=prepare)
             where = presets.get(t.source).positions
         groups.setdefault(where, []).append(Term(vec, t.coeff, name=label))
     return tuple(Steering(terms, positions=pos) for pos, terms in groups.items())

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import SteeringSpecError, VectorFileError
+from ..errors import PresetNotPreparedError, SteeringSpecError, VectorFileError
 from ..vector import SteeringVector
 
 if TYPE_CHECKING:
@@ -219,16 +219,25 @@ def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> S
     )
 
 
-def load_or_extract(
-    sm: SteeredModel, preset: Preset, progress: bool | None = None
-) -> SteeringVector:
-    """The preset's raw vector for ``sm``: the shipped one when it was made for this model and
-    this preset, else from the cache when valid, else extracted (distilled) and cached."""
+def read_vector(sm: SteeredModel, preset: Preset) -> SteeringVector | None:
+    """The preset's raw vector for ``sm`` if one is prepared: the shipped one when it was made
+    for this model and this preset, else a valid cached one; None otherwise. Never trains."""
     for path in (shipped_path(preset), cache_path(sm, preset)):
         if path is not None and path.is_file():
             vec = _valid(path, sm, preset)
             if vec is not None:
                 return vec
+    return None
+
+
+def load_or_extract(
+    sm: SteeredModel, preset: Preset, progress: bool | None = None
+) -> SteeringVector:
+    """The preset's raw vector for ``sm``: prepared (``read_vector``), else extracted
+    (distilled) now and cached."""
+    found = read_vector(sm, preset)
+    if found is not None:
+        return found
     if preset.method == "distill" and progress is not False:
         print(
             f"actsteer: distilling preset {preset.name!r} for {sm.fingerprint.name} once "
@@ -276,15 +285,24 @@ def ready_vector(
     name: str,
     layers: list[int] | tuple[int, ...] | None = None,
     progress: bool | None = None,
+    *,
+    prepare: bool = True,
 ) -> SteeringVector:
     """The preset's vector on its default layers (or ``layers``), scaled so that coefficient 1 is
-    its default strength: ``json:4`` is then four times the default."""
+    its default strength: ``json:4`` is then four times the default. ``prepare=False``: only a
+    prepared vector, else ``PresetNotPreparedError`` (nothing is trained)."""
     preset = get(name)
     key = (name, None if layers is None else tuple(layers))
     memo = sm.__dict__.setdefault("_preset_vectors", {})  # per model: resolve is per call
     if key in memo:
         return memo[key]
-    raw = load_or_extract(sm, preset, progress=progress)
+    raw = load_or_extract(sm, preset, progress=progress) if prepare else read_vector(sm, preset)
+    if raw is None:
+        raise PresetNotPreparedError(
+            f"preset {name!r} has no vector prepared for {sm.fingerprint.name} here, and this "
+            "process does not train one: prepare it first (`actsteer serve` prepares every "
+            "preset before it starts; `python -m actsteer.presets.build` for the embedded model)"
+        )
     vec = raw.select(layers if layers is not None else preset.layer_indices(sm.num_layers))
     if preset.scale == "relative":
         norms = sm.activation_norms()

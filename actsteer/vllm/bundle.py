@@ -29,7 +29,8 @@ def write_bundle(
     (``prepare``, default all) in actsteer's vector cache, where the plugin reads them."""
     names = presets.names() if prepare is None else list(prepare)
     for name in tqdm(names, desc="actsteer: preparing presets", disable=not progress):
-        presets.ready_vector(sm, name, progress=progress)
+        # the cache file itself, where the plugin reads it (not a vector memoised in this process)
+        presets.load_or_extract(sm, presets.get(name), progress=progress)
     data = {
         "fingerprint": sm.fingerprint.to_dict(),
         "norms": {str(k): v for k, v in sm.activation_norms().items()},

@@ -32,7 +32,11 @@ XARG = "actsteer"
 
 
 class ServedModel:
-    """What ``actsteer.resolve`` needs of a model: fingerprint, layer count, norms."""
+    """What ``actsteer.resolve`` needs of a model: fingerprint, layer count, norms. It reads
+    prepared preset vectors only: a preset with none is ``PresetNotPreparedError``, an HTTP 400
+    (extraction needs the Hugging Face model, which is not in the front end)."""
+
+    prepares_presets = False
 
     def __init__(
         self,
@@ -79,15 +83,6 @@ class ServedModel:
 
     def has_vector_file(self, path: str) -> bool:
         return path in self._files or Path(path).is_file()
-
-    def hidden_states(self, *args: Any, **kwargs: Any) -> Any:
-        """Extraction needs the Hugging Face model: not here."""
-        raise SteeringSpecError(
-            "this preset has no vector prepared for the served model; `actsteer serve` prepares "
-            "every preset before the server starts"
-        )
-
-    hidden_states_of_ids = hidden_states
 
 
 @dataclass(frozen=True)

@@ -360,3 +360,21 @@ def test_the_runner_applies_ablation_norm_preserving_and_actadd_to_its_requests_
     steerer.prepare_step(_runner([(None, 4, 4)] * 5), [1] * 5)  # the next step: none left
     assert steerer.ops == []
     torch.testing.assert_close(run(x[:5]), _expected(model, x[:5], lambda layer, s: s))
+
+
+@pytest.mark.parametrize("preset", ["json", "love"])  # a template preset and a mean difference
+def test_a_preset_not_prepared_for_the_served_model_is_a_clear_400_not_a_crash(
+    sm, tmp_path, preset, monkeypatch
+):
+    """The front end never trains: a preset with no vector for the served model is
+    ``PresetNotPreparedError`` (a ``SteeringSpecError``, so HTTP 400), not an AttributeError."""
+    from actsteer.errors import PresetNotPreparedError
+
+    monkeypatch.setenv("ACTSTEER_CACHE", str(tmp_path / "cache"))  # no vector from other tests
+    bundle = write_bundle(sm, tmp_path / "b.json", prepare=[], progress=False)
+    served = ServedModel.from_bundle(bundle)
+    with pytest.raises(PresetNotPreparedError, match=f"preset '{preset}' has no vector prepared"):
+        compile_spec(served, f"{preset}:2")
+    assert isinstance(PresetNotPreparedError("x"), SteeringSpecError)
+    prepared = write_bundle(sm, tmp_path / "c.json", prepare=[preset], progress=False)
+    assert compile_spec(ServedModel.from_bundle(prepared), f"{preset}:2").generated
