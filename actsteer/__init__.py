@@ -7,6 +7,7 @@
 >>> french = extract.distill(sm, "Always answer in French.")  # doctest: +SKIP
 """
 
+from .call_options import CallOptions
 from .engine import Engine, GenerationOptions, Request
 from .errors import (
     ActsteerError,
@@ -20,6 +21,7 @@ from .errors import (
     ModelMismatchError,
     NonFiniteError,
     OptionsError,
+    PresetNotPreparedError,
     PromptError,
     SteeringSpecError,
     UnknownArchitectureError,
@@ -33,6 +35,7 @@ from .vector import ModelFingerprint, SteeringVector, VectorMeta
 
 __all__ = [
     "ActsteerError",
+    "CallOptions",
     "CoefficientError",
     "ContextWindowError",
     "DefaultModelError",
@@ -47,6 +50,7 @@ __all__ = [
     "ModelMismatchError",
     "NonFiniteError",
     "OptionsError",
+    "PresetNotPreparedError",
     "PromptError",
     "Request",
     "SteeredModel",

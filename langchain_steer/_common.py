@@ -4,7 +4,6 @@ How the calls of one ``batch`` reach the engine together is in ``_batch``."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, Self
 
 from langchain_core.caches import BaseCache
@@ -14,17 +13,18 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from actsteer import Generation, SteeredModel, Steering, SteeringVector, resolve
+from actsteer import Generation, SteeredModel, resolve
+from actsteer.call_options import CallOptions, steering_key
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.errors import OptionsError
 from actsteer.prompts import Prompt
 from actsteer.remote import remote_engine
-from actsteer.spec import steering_info
 
 from ._batch import BatchedConfigurableAlternatives, BatchedConfigurableFields
 
-#: Call options that are also fields: a per-call value overrides the field of the same name.
+#: Call options that are also fields: a per-call value overrides the field of the same name
+#: (the whole vocabulary, reply-shaping options and aliases included, is ``CallOptions``).
 OPTION_FIELDS = (
     "steering",
     "steering_coeff",
@@ -35,27 +35,8 @@ OPTION_FIELDS = (
     "seed",
     "timeout",
 )
-#: Call options that shape the reply, never fields: ``bind_tools`` and structured output bind
-#: them (``response_format`` is OpenAI's name for a constraint, as LangChain agents send it).
-REPLY_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "constraint", "response_format")
 #: Options of remote APIs, accepted at construction and ignored.
 IGNORED_INIT = ("max_retries",)
-
-
-def steering_key(value: Any) -> Any:
-    """A stable, content-based representation of a steering value for cache keys and traces:
-    expression strings as written, vectors by digest, ``Steering`` by its full settings."""
-    if value is None or isinstance(value, str | int | float):
-        return value
-    if isinstance(value, SteeringVector):
-        return f"vector:{value.digest()}"
-    if isinstance(value, Steering):
-        info = steering_info([value])
-        info.update(relative=value.relative, force=value.force, layers=value.layers)
-        return "steering:" + json.dumps(info, sort_keys=True, default=list)
-    if isinstance(value, list | tuple):
-        return [steering_key(v) for v in value]
-    return repr(value)
 
 
 class SteerFields(BaseModel):
@@ -257,29 +238,11 @@ class SteerFields(BaseModel):
                 f"{type(self).__name__} serves {self.model_name!r} and cannot switch "
                 f"to {model!r} per call; build another {type(self).__name__}(model={model!r})"
             )
-        if "max_new_tokens" in kw:
-            kw.setdefault("max_tokens", kw.pop("max_new_tokens"))
-        opts = {k: kw.pop(k) if k in kw else getattr(self, k) for k in OPTION_FIELDS}
-        reply = {k: kw.pop(k) for k in REPLY_OPTIONS if k in kw}
-        if kw:
-            raise TypeError(
-                f"{type(self).__name__} got unknown call options {sorted(kw)}; "
-                f"accepted: stop, {', '.join(OPTION_FIELDS + REPLY_OPTIONS)}"
-            )
-        engine = self.engine()
-        steering = engine.resolve(
-            opts["steering"], coeff=opts["steering_coeff"], positions=opts["steering_positions"]
-        )
-        options = GenerationOptions(
-            max_new_tokens=opts["max_tokens"],
-            temperature=opts["temperature"],
-            top_p=opts["top_p"],
-            stop=tuple((self.stop if stop is None else stop) or ()),
-            seed=opts["seed"],
-        )
-        if "response_format" in reply:
-            reply.setdefault("constraint", reply.pop("response_format"))
-        return Request(prompt, steering, options, **reply)
+        fields = {k: getattr(self, k) for k in OPTION_FIELDS if k != "timeout"}
+        if stop is not None:
+            kw["stop"] = stop
+        call = CallOptions.merge({**fields, "stop": self.stop}, kw, owner=type(self).__name__)
+        return call.request(self.engine(), prompt)
 
     def _batch_request(self, value: Any, kwargs: dict[str, Any]) -> Request | None:
         """The request that ``invoke(value, **kwargs)`` will make, built ahead for ``_batch``;

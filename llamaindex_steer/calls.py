@@ -24,12 +24,6 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from actsteer import Generation, SteeredModel, Steering, SteeringVector
 from actsteer.engine import Request
 
-STEERING_OPTIONS = ("steering", "steering_coeff", "steering_positions", "extra_steering")
-#: Call kwargs SteerLLM understands; anything else is a typo and raises ``TypeError``.
-CALL_OPTIONS = frozenset(
-    {*STEERING_OPTIONS, "max_new_tokens", "max_tokens", "temperature", "top_p", "stop", "seed"}
-    | {"tools", "tool_choice", "parallel_tool_calls", "constraint"}
-)
 _ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 

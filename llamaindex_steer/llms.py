@@ -13,6 +13,7 @@ and any call kwargs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +42,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 from actsteer import SteeredModel, resolve
+from actsteer.call_options import CallOptions
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.prompts import Prompt, fit_template
@@ -49,7 +51,6 @@ from actsteer.tools import tool_choice as normalise_choice
 from actsteer.tools import tool_specs
 
 from .calls import (
-    CALL_OPTIONS,
     aresponses,
     as_engine_message,
     describe,
@@ -365,47 +366,31 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         """Merge call kwargs over the fields into one engine request; the steering is resolved
         here, once (it may read or extract preset vectors: async callers run this in a
         thread)."""
-        unknown = sorted(set(kwargs) - CALL_OPTIONS)
-        if unknown:
-            raise TypeError(
-                f"SteerLLM got unknown call option(s) {unknown}; accepted: {sorted(CALL_OPTIONS)}"
-            )
-        engine = self.engine
-        steering = engine.resolve(
-            kwargs.get("steering", self.steering),
-            coeff=kwargs.get("steering_coeff", self.steering_coeff),
-            positions=kwargs.get("steering_positions", self.steering_positions),
-        )
-        steering += engine.resolve(kwargs.get("extra_steering"))
-        max_new = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
-        options = GenerationOptions(
-            max_new_tokens=max_new,
-            temperature=kwargs.get("temperature", self.temperature),
-            top_p=kwargs.get("top_p", self.top_p),
-            stop=kwargs.get("stop", self.stop),
-            seed=kwargs.get("seed", self.seed),
-        )
+        fields = {
+            "steering": self.steering,
+            "steering_coeff": self.steering_coeff,
+            "steering_positions": self.steering_positions,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "seed": self.seed,
+        }
+        call = CallOptions.merge(fields, kwargs, owner="SteerLLM")
         if messages is not None:
             engine_prompt = self._chat_prompt(messages)
         else:
             engine_prompt = self._completion_prompt(prompt or "", formatted)
-        tools = tool_specs(openai_tools(kwargs.get("tools")))
-        choice = normalise_choice(kwargs.get("tool_choice"), tools)
-        constraint = kwargs.get("constraint")
-        if constraint is None and tools and choice == "none":
+        tools = tool_specs(openai_tools(call.tools))
+        choice = normalise_choice(call.tool_choice, tools)
+        call = dataclasses.replace(call, tools=tools, tool_choice=choice)
+        text_only = None
+        if tools and choice == "none":  # a reply that cannot start a call
             if self.base_url is None:
-                constraint = text_reply(self.steered_model.tokenizer)
+                text_only = text_reply(self.steered_model.tokenizer)
             else:
-                constraint = text_reply(None, self.engine.tool_format.trigger)
-        return Request(
-            engine_prompt,
-            steering,
-            options,
-            constraint=constraint,
-            tools=tools,
-            tool_choice=choice,
-            parallel_tool_calls=kwargs.get("parallel_tool_calls"),
-        )
+                text_only = text_reply(None, self.engine.tool_format.trigger)
+        return call.request(self.engine, engine_prompt, constraint=text_only)
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self.messages_to_prompt not in (None, generic_messages):

@@ -63,3 +63,68 @@ def test_the_same_bad_option_raises_the_same_error_at_construction(sm, fields, m
             cls(runtime=sm, **fields)
         errors.append((type(caught.value), str(caught.value)))
     assert len(set(errors)) == 1, errors
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _requests(sm, kwargs):
+    """The engine request each adapter makes for a call with ``kwargs`` (prompt aside)."""
+    from langchain_core.messages import HumanMessage
+    from llama_index.core.llms import ChatMessage
+
+    chat = ChatSteer(runtime=sm, stop=["END"])
+    lc = chat._request(chat._prompt_of(chat._convert_input([HumanMessage("hi")])), None, kwargs)
+    li = LlamaIndexLLM(runtime=sm, stop=["END"])._request(
+        dict(kwargs), messages=[ChatMessage(role="user", content="hi")]
+    )
+    return [
+        (r.steering, r.options, r.constraint, r.tools, r.tool_choice, r.parallel_tool_calls)
+        for r in (lc, li)
+    ]
+
+
+CALLS = [
+    {},
+    {"max_tokens": 9, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["###"]},
+    {"max_new_tokens": 9, "stop": None},  # the alias; stop=None keeps the model's stop
+    {"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": True},
+    {"response_format": {"type": "json_object"}},
+    {"constraint": {"type": "object"}, "steering_coeff": 0.5},
+]
+
+
+@pytest.mark.parametrize("kwargs", CALLS)
+def test_the_same_call_options_make_the_same_request_in_both_frameworks(sm, kwargs):
+    """One ``CallOptions`` builds both adapters' requests: the same vocabulary, aliases,
+    defaults and steering resolve, so a call means the same wherever it is made."""
+    from conftest import random_vector
+
+    vec, extra = random_vector(sm, [1], 1.0), random_vector(sm, [2], 1.0, seed=2)
+    lc, li = _requests(sm, {"steering": vec, "extra_steering": extra, **kwargs})
+    assert lc == li
+    assert lc[1].stop == (tuple(kwargs["stop"]) if kwargs.get("stop") else ("END",))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_tokenz": 3}, TypeError, "unknown call options ['max_tokenz']; accepted: "),
+        ({"max_tokens": 3, "max_new_tokens": 4}, OptionsError, "and its alias max_tokens=3"),
+        ({"max_tokens": 0}, OptionsError, "max_new_tokens must be a positive int, got 0"),
+        ({"tool_choice": "get_weather"}, ActsteerError, "not a bound tool"),
+    ],
+)
+def test_the_same_bad_call_option_raises_the_same_error_in_both(sm, kwargs, error, message):
+    for make in (
+        lambda: _requests(sm, kwargs),
+        lambda: LlamaIndexLLM(runtime=sm)._request(dict(kwargs), prompt="hi"),
+    ):
+        with pytest.raises(error, match=re.escape(message)):
+            make()
