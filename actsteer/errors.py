@@ -44,6 +44,11 @@ class DefaultModelError(ActsteerError, RuntimeError):
     """The embedded default model is not installed or its cache cannot be built."""
 
 
+class ModelLoadError(ActsteerError, OSError):
+    """A model that cannot load: no such directory or Hub id, a Hub id not cached while
+    ``HF_HUB_OFFLINE`` is set, or model kwargs transformers refuses (``dtype``, ``device_map``)."""
+
+
 class PromptError(ActsteerError, ValueError):
     """A prompt cannot be sent: no messages, or text that encodes to no tokens."""
 

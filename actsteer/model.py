@@ -22,6 +22,7 @@ from .generation import Generation
 from .layers import find_layers, placement
 from .local import LocalEngine
 from .prompts import Prompt
+from .runtime.loading import check_model_kwargs, load_pretrained
 from .spec import Steering, SteeringLike
 from .tools.spec import ToolSpec
 from .vector import ModelFingerprint, SteeringVector
@@ -104,10 +105,7 @@ class SteeredModel:
             model_kwargs["dtype"] = dtype
         if device_map is not None:
             model_kwargs["device_map"] = device_map
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_id, revision=revision, **(tokenizer_kwargs or {})
-        )
-        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, **model_kwargs)
+        tokenizer, model = load_pretrained(model_id, revision, tokenizer_kwargs, model_kwargs)
         return cls(model, tokenizer, layers_path=layers_path, name=model_id, revision=revision)
 
     @classmethod
@@ -131,6 +129,7 @@ class SteeredModel:
     @classmethod
     def default(cls, *, progress: bool = True, **kwargs: Any) -> SteeredModel:
         """The embedded SmolLM2-135M-Instruct, cached on first use; kwargs go to from_pretrained."""
+        check_model_kwargs(kwargs)
         folder = ensure_converted(progress=progress)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, **{"dtype": torch.float32, **kwargs})

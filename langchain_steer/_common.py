@@ -20,6 +20,7 @@ from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.errors import OptionsError
 from actsteer.prompts import Prompt
 from actsteer.remote import remote_engine
+from actsteer.runtime.loading import check_model
 
 from ._batch import BatchedConfigurableAlternatives, BatchedConfigurableFields
 
@@ -88,6 +89,8 @@ class SteerFields(BaseModel):
         GenerationOptions(  # the options too, now, with the same OptionsError as LlamaIndex
             self.max_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
         )
+        if self.runtime is None and self.base_url is None:  # a model that surely cannot load
+            check_model(self.model, self.model_kwargs)
 
     @model_validator(mode="before")
     @classmethod

@@ -47,6 +47,7 @@ from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.prompts import Prompt, fit_template
 from actsteer.remote import remote_engine
+from actsteer.runtime.loading import check_model
 from actsteer.tools import tool_choice as normalise_choice
 from actsteer.tools import tool_specs
 
@@ -183,6 +184,8 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         GenerationOptions(  # the same OptionsError as langchain_steer's models
             self.max_new_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
         )
+        if self.runtime is None and self.base_url is None:  # a model that surely cannot load
+            check_model(self.model, self.model_kwargs)
 
     @model_validator(mode="before")
     @classmethod

@@ -128,3 +128,36 @@ def test_the_same_bad_call_option_raises_the_same_error_in_both(sm, kwargs, erro
     ):
         with pytest.raises(error, match=re.escape(message)):
             make()
+
+
+BAD_MODELS = [
+    ({"model": "nobody/nothing-here"}, "HF_HUB_OFFLINE is set and it is not in the Hugging Face"),
+    ({"model": "./no/such/dir"}, "cannot load model './no/such/dir': no such directory"),
+    ({"model": "bad id!!"}, "not a local directory, nor a Hugging Face id"),
+    ({"model_kwargs": {"dtype": "float99"}}, "model_kwargs dtype 'float99' is not a torch dtype"),
+    ({"model_kwargs": {"device_map": "nonsense"}}, "device_map 'nonsense' is neither a device"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_MODELS, ids=[m for _, m in BAD_MODELS])
+def test_a_model_that_cannot_load_is_refused_at_construction(monkeypatch, fields, message):
+    """Before any weights: every adapter, the same ``ModelLoadError`` (an ``OSError`` too, as
+    transformers' own loading errors are)."""
+    from huggingface_hub import constants
+
+    from actsteer import ModelLoadError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for cls in ADAPTERS:
+        with pytest.raises(ModelLoadError, match=re.escape(message)) as caught:
+            cls(**fields)
+        assert isinstance(caught.value, OSError)
+    ChatSteer(model="nobody/nothing-here", base_url="http://localhost:1/v1")  # a server's name
+
+
+def test_a_model_that_fails_while_loading_says_which(tmp_path):
+    from actsteer import ModelLoadError, SteeredModel
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=f"cannot load model '{re.escape(str(tmp_path))}'"):
+        SteeredModel.from_pretrained(str(tmp_path))
