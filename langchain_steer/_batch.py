@@ -32,8 +32,7 @@ from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from actsteer.engine import Request
 from actsteer.generation import Generation
-
-from . import _deadline
+from actsteer.runtime import deadline as _deadline
 
 Row = tuple[Any, Any, RunnableConfig]
 """One batch input: the actsteer model that runs it (``ChatSteer``/``SteerLLM``), the input

@@ -17,9 +17,9 @@ from actsteer import Generation, SteeredModel, resolve
 from actsteer.call_options import CallOptions, steering_key
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
-from actsteer.errors import OptionsError
 from actsteer.prompts import Prompt
 from actsteer.remote import remote_engine
+from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
 
 from ._batch import BatchedConfigurableAlternatives, BatchedConfigurableFields
@@ -272,10 +272,7 @@ class SteerFields(BaseModel):
 
     def _timeout(self, kwargs: dict[str, Any]) -> float | None:
         """The call's ``timeout`` (per call, else the field's): seconds it may take in all."""
-        timeout = kwargs.get("timeout", self.timeout)
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise OptionsError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        return timeout
+        return deadline.checked(kwargs.get("timeout", self.timeout))
 
 
 def usage(g: Generation) -> UsageMetadata:

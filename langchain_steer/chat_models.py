@@ -42,10 +42,11 @@ from actsteer.engine import Request
 from actsteer.errors import ToolSpecError
 from actsteer.generation import Generation
 from actsteer.prompts import Prompt
+from actsteer.runtime import deadline as _deadline
 from actsteer.tools import ToolSpec, tool_specs
 from actsteer.tools import tool_choice as tool_choice_of
 
-from . import _batch, _deadline
+from . import _batch
 from ._common import SteerFields, steering_key, usage
 from .messages import plain_messages, render_messages
 
@@ -242,8 +243,7 @@ class ChatSteer(SteerFields, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         request = self._chat_request(messages, stop, kwargs)
         timeout = self._timeout(kwargs)
-        items = self.engine().stream(request, timeout=timeout or _deadline.STALL)
-        for item in _deadline.stream(items, timeout):
+        for item in _deadline.streamed(self.engine(), request, timeout):
             chunk = self._chunk(item, request)
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -258,8 +258,7 @@ class ChatSteer(SteerFields, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = await asyncio.to_thread(self._chat_request, messages, stop, kwargs)
         timeout = self._timeout(kwargs)
-        items = self.engine().astream(request, timeout=timeout or _deadline.STALL)
-        async for item in _deadline.astream(items, timeout):
+        async for item in _deadline.astreamed(self.engine(), request, timeout):
             chunk = self._chunk(item, request)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)

@@ -18,8 +18,9 @@ from pydantic import ConfigDict
 from actsteer.engine import Request
 from actsteer.generation import Generation
 from actsteer.prompts import Prompt
+from actsteer.runtime import deadline as _deadline
 
-from . import _batch, _deadline
+from . import _batch
 from ._common import SteerFields, usage
 
 
@@ -144,8 +145,7 @@ class SteerLLM(SteerFields, BaseLLM):
     ) -> Iterator[GenerationChunk]:
         request = self._request(prompt, stop, kwargs)
         timeout = self._timeout(kwargs)
-        items = self.engine().stream(request, timeout=timeout or _deadline.STALL)
-        for item in _deadline.stream(items, timeout):
+        for item in _deadline.streamed(self.engine(), request, timeout):
             if isinstance(item, Generation):
                 yield GenerationChunk(text="", generation_info=self._info(item, request))
                 continue
@@ -163,8 +163,7 @@ class SteerLLM(SteerFields, BaseLLM):
     ) -> AsyncIterator[GenerationChunk]:
         request = await asyncio.to_thread(self._request, prompt, stop, kwargs)
         timeout = self._timeout(kwargs)
-        items = self.engine().astream(request, timeout=timeout or _deadline.STALL)
-        async for item in _deadline.astream(items, timeout):
+        async for item in _deadline.astreamed(self.engine(), request, timeout):
             if isinstance(item, Generation):
                 yield GenerationChunk(text="", generation_info=self._info(item, request))
                 continue

@@ -45,8 +45,10 @@ from actsteer import SteeredModel, resolve
 from actsteer.call_options import CallOptions
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
+from actsteer.generation import Generation
 from actsteer.prompts import Prompt, fit_template
 from actsteer.remote import remote_engine
+from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
 from actsteer.tools import tool_choice as normalise_choice
 from actsteer.tools import tool_specs
@@ -145,6 +147,11 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
     top_p: float = Field(default=1.0, description="Nucleus sampling mass, in (0, 1].")
     seed: int | None = Field(default=None, description="Sampling seed (per call).")
     stop: list[str] | None = Field(default=None, description="Stop strings, cut from the text.")
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds a whole call may take (per call too); past it the call's rows stop "
+        "and it raises TimeoutError, as LlamaIndex's OpenAI LLM does. None: no limit.",
+    )
     context_window: int | None = Field(
         default=None, gt=0, description="Cap on the model's own context window."
     )
@@ -184,6 +191,7 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         GenerationOptions(  # the same OptionsError as langchain_steer's models
             self.max_new_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
         )
+        deadline.checked(self.timeout)
         if self.runtime is None and self.base_url is None:  # a model that surely cannot load
             check_model(self.model, self.model_kwargs)
 
@@ -275,55 +283,76 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
     # -- calls ----------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        timeout = self._timeout(kwargs)
         request = self._request(kwargs, prompt=prompt, formatted=formatted)
-        (g,) = self.engine.generate([request])
-        return response(request, False, g.text, generation=g)
+        return response(request, False, (g := self._generate(request, timeout)).text, generation=g)
 
     @llm_completion_callback()
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
+        timeout = self._timeout(kwargs)
         request = self._request(kwargs, prompt=prompt, formatted=formatted)
-        return responses(request, False, self.engine.stream(request))
+        return responses(request, False, deadline.streamed(self.engine, request, timeout))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        timeout = self._timeout(kwargs)
         request = self._request(kwargs, messages=messages)
-        (g,) = self.engine.generate([request])
-        return response(request, True, g.text, generation=g)
+        return response(request, True, (g := self._generate(request, timeout)).text, generation=g)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        timeout = self._timeout(kwargs)
         request = self._request(kwargs, messages=messages)
-        return responses(request, True, self.engine.stream(request))
+        return responses(request, True, deadline.streamed(self.engine, request, timeout))
 
     @llm_completion_callback()
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
+        timeout = self._timeout(kwargs)
         request = await asyncio.to_thread(self._request, kwargs, prompt=prompt, formatted=formatted)
-        (g,) = await self.engine.agenerate([request])
+        g = await self._agenerate(request, timeout)
         return response(request, False, g.text, generation=g)
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
+        timeout = self._timeout(kwargs)
         request = await asyncio.to_thread(self._request, kwargs, prompt=prompt, formatted=formatted)
-        return aresponses(request, False, self.engine.astream(request))
+        return aresponses(request, False, deadline.astreamed(self.engine, request, timeout))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        timeout = self._timeout(kwargs)
         request = await asyncio.to_thread(self._request, kwargs, messages=messages)
-        (g,) = await self.engine.agenerate([request])
+        g = await self._agenerate(request, timeout)
         return response(request, True, g.text, generation=g)
 
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
+        timeout = self._timeout(kwargs)
         request = await asyncio.to_thread(self._request, kwargs, messages=messages)
-        return aresponses(request, True, self.engine.astream(request))
+        return aresponses(request, True, deadline.astreamed(self.engine, request, timeout))
+
+    # -- the call's deadline (``timeout``) --------------------------------------------------------
+    def _timeout(self, kwargs: dict[str, Any]) -> float | None:
+        return deadline.checked(kwargs.pop("timeout", self.timeout))
+
+    def _generate(self, request: Request, timeout: float | None) -> Generation:
+        if timeout is None:
+            return self.engine.generate([request])[0]
+        return deadline.results(self.engine.submit([request]), timeout)[0]
+
+    async def _agenerate(self, request: Request, timeout: float | None) -> Generation:
+        if timeout is None:
+            return (await self.engine.agenerate([request]))[0]
+        futures = await asyncio.to_thread(self.engine.submit, [request])
+        return (await deadline.aresults(futures, timeout))[0]
 
     # -- tools ----------------------------------------------------------------------------------
     def _prepare_chat_with_tools(

@@ -83,6 +83,9 @@ def test_construction_is_lazy_and_shares_one_runtime(monkeypatch, sm):
         return sm
 
     monkeypatch.setattr(SteeredModel, "shared", staticmethod(shared))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # a Hub id that may load online
     a = ChatSteer()
     b = ChatSteer(model="org/model", model_kwargs={"dtype": "bfloat16"})
     assert calls == [] and a.runtime is None

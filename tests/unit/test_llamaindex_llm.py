@@ -49,6 +49,9 @@ def test_construction_is_lazy_and_shares_one_runtime(monkeypatch, sm):
         return sm
 
     monkeypatch.setattr(SteeredModel, "shared", staticmethod(fake_shared))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # a Hub id that may load online
     llm = SteerLLM(model="org/some-model", model_kwargs={"dtype": "bfloat16"})
     early_copy = llm.with_steering("dogs:4")
     assert calls == []  # nothing loads at construction or when copying

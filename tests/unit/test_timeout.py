@@ -70,3 +70,31 @@ def test_every_entry_point_keeps_the_deadline(slow):
 def test_a_bad_timeout_is_an_options_error(slow):
     with pytest.raises(OptionsError, match="timeout must be a positive number"):
         ChatSteer(runtime=slow, max_tokens=2).invoke("hi", timeout=-1)
+
+
+def test_llamaindex_keeps_the_same_deadline_on_every_entry_point(slow, ended):
+    """LlamaIndex ``SteerLLM(timeout=)`` (field or per call) is the same whole-call deadline."""
+    from llama_index.core.llms import ChatMessage
+
+    from llamaindex_steer import SteerLLM
+
+    llm = SteerLLM(runtime=slow, max_new_tokens=200, timeout=0.2)
+    hi = [ChatMessage(role="user", content="hi")]
+    _raises_soon(lambda: llm.complete("hi"))
+    _raises_soon(lambda: llm.chat(hi))
+    _raises_soon(lambda: list(llm.stream_complete("hi")))
+    _raises_soon(lambda: list(llm.stream_chat(hi)))
+    _raises_soon(lambda: asyncio.run(llm.acomplete("hi")))
+    _raises_soon(lambda: asyncio.run(llm.achat(hi)))
+
+    async def astream():
+        return [c async for c in await llm.astream_chat(hi)]
+
+    _raises_soon(lambda: asyncio.run(astream()))
+    free = SteerLLM(runtime=slow, max_new_tokens=200)
+    _raises_soon(lambda: free.complete("hi", timeout=0.2))
+    assert free.complete("hi", max_new_tokens=2, timeout=30).text is not None
+    with pytest.raises(OptionsError, match="timeout must be a positive number"):
+        SteerLLM(runtime=slow, timeout=0)
+    with pytest.raises(OptionsError, match="timeout must be a positive number"):
+        free.complete("hi", timeout=-1)

@@ -1,6 +1,7 @@
-"""``timeout=`` as LangChain's chat models mean it (``ChatOpenAI``, ``ChatOllama``): seconds a
-whole call may take. Past it the call's rows are stopped at their next decode step (nothing
-leaks into later calls) and the call raises ``TimeoutError``."""
+"""``timeout=`` as LangChain's and LlamaIndex's hosted models mean it (``ChatOpenAI``,
+``ChatOllama``, LlamaIndex ``OpenAI``): seconds a whole call may take. Past it the call's rows
+are stopped at their next decode step (nothing leaks into later calls) and the call raises
+``TimeoutError``. Both adapters use these helpers over any ``Engine``."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from actsteer.errors import GenerationError
-from actsteer.generation import Generation
+from ..errors import GenerationError, OptionsError
+from ..generation import Generation
 
 #: How long a stream waits for its next token when the call has no timeout.
 STALL = 600.0
+
+
+def checked(timeout: Any) -> float | None:
+    """``timeout`` if it is None or a positive number of seconds, else ``OptionsError``."""
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise OptionsError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return timeout
 
 
 def expired(timeout: float) -> TimeoutError:
@@ -85,3 +93,13 @@ async def astream(items: AsyncIterator[Any], timeout: float | None) -> AsyncIter
             yield item
     finally:
         await items.aclose()
+
+
+def streamed(engine: Any, request: Any, timeout: float | None) -> Iterator[Any]:
+    """``engine.stream(request)`` under the call's deadline (no deadline: the STALL wait)."""
+    return stream(engine.stream(request, timeout=timeout or STALL), timeout)
+
+
+def astreamed(engine: Any, request: Any, timeout: float | None) -> AsyncIterator[Any]:
+    """``engine.astream(request)`` under the call's deadline."""
+    return astream(engine.astream(request, timeout=timeout or STALL), timeout)
