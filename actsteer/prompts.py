@@ -97,6 +97,15 @@ def check_window(prompt_tokens: int, max_new_tokens: int, window: int | None) ->
     raise ContextWindowError(f"the request does not fit the context window: {what}; {fix}")
 
 
+def check_budget(max_new_tokens: int, window: int | None) -> None:
+    """Refuse, before any prompt, a ``max_new_tokens`` that leaves no room for one."""
+    if window is not None and max_new_tokens >= window:
+        raise ContextWindowError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+            f"context window of {window} tokens; lower it below {window}"
+        )
+
+
 def left_pad(
     encoded: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:

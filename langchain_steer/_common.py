@@ -17,7 +17,7 @@ from actsteer import Generation, SteeredModel, resolve
 from actsteer.call_options import CallOptions, steering_key
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
-from actsteer.prompts import Prompt
+from actsteer.prompts import Prompt, check_budget
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
@@ -91,6 +91,8 @@ class SteerFields(BaseModel):
         )
         if self.runtime is None and self.base_url is None:  # a model that surely cannot load
             check_model(self.model, self.model_kwargs)
+        elif self.runtime is not None:  # its window is known: no prompt could fit beside this
+            check_budget(self.max_tokens, self.runtime.engine.context_window)
 
     @model_validator(mode="before")
     @classmethod

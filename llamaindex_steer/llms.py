@@ -46,7 +46,7 @@ from actsteer.call_options import CallOptions
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.generation import Generation
-from actsteer.prompts import Prompt, fit_template
+from actsteer.prompts import Prompt, check_budget, fit_template
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
@@ -194,6 +194,8 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
         deadline.checked(self.timeout)
         if self.runtime is None and self.base_url is None:  # a model that surely cannot load
             check_model(self.model, self.model_kwargs)
+        elif self.runtime is not None:  # its window is known: no prompt could fit beside this
+            check_budget(self.max_new_tokens, self.runtime.engine.context_window)
 
     @model_validator(mode="before")
     @classmethod

@@ -161,3 +161,19 @@ def test_a_model_that_fails_while_loading_says_which(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match=f"cannot load model '{re.escape(str(tmp_path))}'"):
         SteeredModel.from_pretrained(str(tmp_path))
+
+
+def test_max_tokens_past_the_loaded_models_window_is_refused_at_construction(sm):
+    """With the model at hand (``runtime=``) its context window is known: a ``max_tokens`` no
+    prompt could fit beside is the same ``ContextWindowError`` in every adapter, at once."""
+    from actsteer import ContextWindowError
+
+    window = sm.engine.context_window
+    assert window == 2048  # the tiny test model's max_position_embeddings
+    errors = []
+    for cls in ADAPTERS:
+        with pytest.raises(ContextWindowError, match="leaves no room for a prompt") as caught:
+            cls(runtime=sm, max_tokens=10**7)
+        errors.append(str(caught.value))
+        cls(runtime=sm, max_tokens=window - 1)
+    assert len(set(errors)) == 1, errors
