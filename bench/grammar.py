@@ -291,6 +291,18 @@ def correct(value: Any, truth: dict[str, Any]) -> bool:
 
 
 # -- part 1: structured output ------------------------------------------------------------------
+def run_stats(gens: list, took: float, bad: list[dict[str, Any]]) -> dict[str, Any]:
+    """What every condition reports besides its scores: count, finish reasons, reply length,
+    time, and a few failures to read."""
+    return {
+        "n": len(gens),
+        "finish_reasons": dict(Counter(g.finish_reason for g in gens)),
+        "completion_tokens_mean": statistics.fmean(g.completion_tokens for g in gens),
+        "seconds": took,
+        "invalid_examples": bad,
+    }
+
+
 def run_chunks(sm: SteeredModel, requests: list[Request], batch: int) -> list:
     gens = []
     for i in range(0, len(requests), batch):
@@ -339,11 +351,7 @@ def structured(sm: SteeredModel, args: argparse.Namespace) -> dict[str, Any]:
                 "valid": strict_ok / n,
                 "valid_langchain_parser": lc_ok / n,
                 "valid_and_fields_correct": right / n,
-                "n": n,
-                "finish_reasons": dict(Counter(g.finish_reason for g in gens)),
-                "completion_tokens_mean": statistics.fmean(g.completion_tokens for g in gens),
-                "seconds": took,
-                "invalid_examples": bad,
+                **run_stats(gens, took, bad),
             }
             print(
                 f"structured {kind:<7} {cond:<32} valid {strict_ok}/{n} "
@@ -422,11 +430,7 @@ def tools(sm: SteeredModel, args: argparse.Namespace) -> dict[str, Any]:
             "well_formed_by_choice": {
                 k: ok / max(total, 1) for k, (ok, total) in by_choice.items()
             },
-            "n": n,
-            "finish_reasons": dict(Counter(g.finish_reason for g in gens)),
-            "completion_tokens_mean": statistics.fmean(g.completion_tokens for g in gens),
-            "seconds": took,
-            "invalid_examples": bad,
+            **run_stats(gens, took, bad),
         }
         print(
             f"tools {cond:<18} well formed {formed}/{n} (one call {one}/{n}, right tool "

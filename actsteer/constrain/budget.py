@@ -63,23 +63,29 @@ class Closer:
             stop = next((s for s in self.stops if m.accept_token(s)), None)
             if stop is not None:
                 return [*out, stop]
-            forced = m.find_jump_forward_string()
-            if forced:
-                for spelled in (self.encode(forced), self._bytewise(forced)):
-                    trial = m.fork()
-                    if spelled and all(trial.accept_token(t) for t in spelled):
-                        m, out = trial, out + spelled
-                        break
-                else:
-                    forced = ""
-                if forced:
-                    continue
+            forced = self._forced(m)
+            if forced is not None:
+                m, out = forced[0], out + forced[1]
+                continue
             token = next((t for t in self.closers if m.accept_token(t)), None)
             if token is None:
                 token = self._first_allowed(m)
                 if token is None or not m.accept_token(token):
                     return None
             out.append(token)
+        return None
+
+    def _forced(self, matcher: Any) -> tuple[Any, list[int]] | None:
+        """The grammar's forced text from here, as tokens it accepts (tokenised, else byte by
+        byte), with a fork that accepted them; None when nothing is forced or it cannot be
+        spelled."""
+        text = matcher.find_jump_forward_string()
+        if not text:
+            return None
+        for spelled in (self.encode(text), self._bytewise(text)):
+            trial = matcher.fork()
+            if spelled and all(trial.accept_token(t) for t in spelled):
+                return trial, spelled
         return None
 
     def _first_allowed(self, matcher: Any) -> int | None:
