@@ -48,6 +48,9 @@ class CallOptions:
     parallel_tool_calls: bool | None = None
     constraint: Any = None
     """A ``Constraint``, a JSON schema dict or OpenAI's ``response_format``."""
+    truncate: str | None = None
+    """A prompt over the context window: None refuses it, ``"left"`` keeps its last tokens,
+    ``"drop_oldest_messages"`` drops a chat's oldest turns."""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -103,6 +106,7 @@ class CallOptions:
             tools=tuple(self.tools or ()),
             tool_choice=self.tool_choice,
             parallel_tool_calls=self.parallel_tool_calls,
+            truncate=self.truncate,  # type: ignore[arg-type]  # checked by Request
         )
 
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 from .constrain.spec import Constraint
 from .errors import OptionsError, SteeringSpecError, ToolSpecError
 from .generation import Generation
-from .prompts import Prompt
+from .prompts import Prompt, Truncate, check_truncate
 from .spec import Steering, SteeringLike, steering_info
 from .tools.spec import ToolSpec, tool_choice, tool_specs
 
@@ -93,8 +93,13 @@ class Request:
     or a tool's name (a call of that tool)."""
     parallel_tool_calls: bool | None = None
     """Whether a reply may hold several calls (None: yes under ``"auto"``, one call when forced)."""
+    truncate: Truncate | None = None
+    """What to do with a prompt that does not fit the context window: None refuses it
+    (``ContextWindowError``), ``"left"`` keeps its last tokens, ``"drop_oldest_messages"``
+    drops a chat's oldest turns (``actsteer.prompts.fit``)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "truncate", check_truncate(self.truncate, self.prompt))
         tools = tool_specs(self.tools)
         object.__setattr__(self, "tools", tools)
         object.__setattr__(self, "tool_choice", tool_choice(self.tool_choice, tools))
@@ -127,6 +132,7 @@ class Request:
             for s in self.steering
         )
         shape = (self.constraint, self.tools, self.tool_choice, self.parallel_tool_calls)
+        shape += (self.truncate,)
         return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options, shape)
 
 

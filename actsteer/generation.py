@@ -35,6 +35,8 @@ class Generation:
     """Well-formed calls of the request's tools (``text`` is then the content around them)."""
     invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
     """Calls that could not be parsed, or name no bound tool."""
+    truncated_tokens: int = 0
+    """Tokens of the prompt that were not sent, to fit the context window (``truncate=``)."""
 
 
 class SeededSampler(LogitsProcessor):

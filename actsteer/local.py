@@ -32,7 +32,7 @@ from .generation import (
     cut_at_stop,
     safe_length,
 )
-from .prompts import Prompt, check_window, context_window
+from .prompts import Prompt, context_window, fit
 from .runtime.replies import decode_reply, read_reply, until_eos
 from .spec import Steering, SteeringLike
 from .tools.formats import format_for, shown_content
@@ -53,6 +53,8 @@ class _Rows:
     index: Sequence[int] = ()
     """Where each request stands in the call that made this job."""
     encoded: list[list[int]] | None = None
+    dropped: list[int] | None = None
+    """Prompt tokens each row left out to fit the window (``Request.truncate``)."""
     compiled: list[combine.Compiled] | None = None
     grammars: list[Any] | None = None
     """Each row's compiled grammar (its constraint, or its tool calls' structural tag), or None."""
@@ -215,10 +217,14 @@ class LocalEngine:
 
     def _prepare(self, job: worker.Job) -> None:
         rows: _Rows = job.payload
-        rows.encoded = [self.sm.encode(r.prompt, r.tools) for r in rows.requests]
         window = self.context_window
-        for ids, r in zip(rows.encoded, rows.requests):  # nothing runs past the window
-            check_window(len(ids), r.options.max_new_tokens, window)
+        fitted = [  # nothing runs past the window: refused, or truncated as the request asks
+            fit(r.prompt, lambda p, r=r: self.sm.encode(p, r.tools), r.options.max_new_tokens,
+                window, r.truncate)
+            for r in rows.requests
+        ]  # fmt: skip
+        rows.encoded = [f.ids for f in fitted]
+        rows.dropped = [f.dropped_tokens for f in fitted]
         norms = self.sm.activation_norms() if any(r.steering for r in rows.requests) else {}
         rows.compiled = [
             combine.compile_row(r.steering, self.sm.fingerprint, norms) for r in rows.requests
@@ -242,7 +248,7 @@ class LocalEngine:
 
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """One generate for a merged group (on the worker); one list of rows per job."""
-        batch = _Rows([], encoded=[], compiled=[], grammars=[])
+        batch = _Rows([], encoded=[], dropped=[], compiled=[], grammars=[])
         cancels: list[CallCancel] = []
         streams: list[tuple[int, TokenQueue]] = []
         for job in group:
@@ -251,6 +257,7 @@ class LocalEngine:
                 streams.append((len(batch.requests), rows.stream))
             batch.requests = [*batch.requests, *rows.requests]
             batch.encoded += rows.encoded or []
+            batch.dropped += rows.dropped or [0] * len(rows.requests)
             batch.compiled += rows.compiled or []
             batch.grammars += rows.grammars or [None] * len(rows.requests)
             cancels += [job.cancel] * len(rows.requests)
@@ -331,6 +338,7 @@ class LocalEngine:
                 cancels[row],
                 compiled[row][1],
                 row in closed,
+                (batch.dropped or [0] * len(encoded))[row],
             )
             for row, tokens in enumerate(encoded)
         ]
@@ -343,10 +351,11 @@ class LocalEngine:
         cancel: CallCancel,
         steering: str | None,
         closed: bool = False,
+        truncated: int = 0,
     ) -> Generation:
         return read_reply(
             self.sm.tokenizer, self.sm.eos_token_ids, request, prompt_tokens, new,
-            cancelled=cancel.is_set(), steering=steering, closed=closed,
+            cancelled=cancel.is_set(), steering=steering, closed=closed, truncated=truncated,
         )  # fmt: skip
 
     def _decode(self, new: Sequence[int]) -> str:
@@ -403,6 +412,7 @@ class LocalEngine:
                 job.cancel,
                 rows.compiled[0][1],
                 tokens_in.closed,
+                (rows.dropped or [0])[0],
             )
             if len(final.text) > sent:
                 yield final.text[sent:]

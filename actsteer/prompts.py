@@ -3,12 +3,13 @@ tokenizer's chat template (generation prompt appended), and their token ids."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-from .errors import ContextWindowError, PromptError, ToolSpecError
+from .errors import ContextWindowError, OptionsError, PromptError, ToolSpecError
 from .tools import render as tool_render
 from .tools.spec import ToolSpec
 
@@ -91,10 +92,92 @@ def check_window(prompt_tokens: int, max_new_tokens: int, window: int | None) ->
         return
     what = f"prompt is {prompt_tokens} tokens, max_new_tokens {max_new_tokens}, window {window}"
     if prompt_tokens >= window:
-        fix = "shorten the prompt (e.g. langchain_core.messages.trim_messages)"
+        fix = (
+            "shorten the prompt (e.g. langchain_core.messages.trim_messages) or pass "
+            "truncate='drop_oldest_messages' (chats) or truncate='left'"
+        )
     else:
         fix = f"lower max_new_tokens to {window - prompt_tokens} or shorten the prompt"
     raise ContextWindowError(f"the request does not fit the context window: {what}; {fix}")
+
+
+Truncate = Literal["left", "drop_oldest_messages"]
+#: What ``truncate=`` accepts: keep a prompt's last tokens (vLLM's ``truncate_prompt_tokens``,
+#: tokenizers' ``truncation_side="left"``), or drop a chat's oldest turns whole.
+TRUNCATE: tuple[str, ...] = ("left", "drop_oldest_messages")
+
+
+def check_truncate(truncate: Any, prompt: Prompt | None = None) -> Truncate | None:
+    """``truncate`` if it is None or one of ``TRUNCATE`` (and, for a chat-only mode, the
+    prompt is a chat), else ``OptionsError``."""
+    if truncate is not None and truncate not in TRUNCATE:
+        raise OptionsError(f"truncate must be None or one of {list(TRUNCATE)}, got {truncate!r}")
+    if truncate == "drop_oldest_messages" and isinstance(prompt, str):
+        raise OptionsError(
+            "truncate='drop_oldest_messages' needs chat messages; a raw completion string "
+            "can only be cut with truncate='left'"
+        )
+    return truncate
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A prompt made to fit the window: what is sent, its token ids, and what was left out."""
+
+    prompt: Prompt
+    ids: list[int]
+    dropped_tokens: int = 0
+    """Tokens of the original prompt that are not sent."""
+    dropped_messages: int = 0
+
+
+def fit(
+    prompt: Prompt,
+    tokenize: Callable[[Prompt], list[int]],
+    max_new_tokens: int,
+    window: int | None,
+    truncate: Truncate | None = None,
+) -> Fitted:
+    """``prompt`` as it fits ``window`` with ``max_new_tokens`` after it. Without ``truncate``
+    a prompt that does not fit is a ``ContextWindowError``; ``"left"`` keeps its last tokens;
+    ``"drop_oldest_messages"`` keeps the system turns and the newest turns from a user turn on
+    (so no tool result loses its call), as many as fit (found by bisection: few re-encodes)."""
+    ids = tokenize(prompt)
+    if window is None or len(ids) + max_new_tokens <= window or truncate is None:
+        check_window(len(ids), max_new_tokens, window)
+        return Fitted(prompt, ids)
+    check_budget(max_new_tokens, window)
+    room = window - max_new_tokens
+    if truncate == "left":
+        return Fitted(prompt, ids[len(ids) - room :], len(ids) - room)
+    check_truncate(truncate, prompt)
+    chat = list(prompt)  # the caller's own message values: they are sent as they came
+    roles = [_message(m)["role"] for m in chat]
+    starts = [i for i, role in enumerate(roles) if role == "user" and i > 0]
+    lo, hi, best = 0, len(starts) - 1, None
+    while lo <= hi:  # the earliest user turn from which the chat fits
+        mid = (lo + hi) // 2
+        kept = _from_turn(chat, roles, starts[mid])
+        kept_ids = tokenize(kept)
+        if len(kept_ids) <= room:
+            best, hi = (kept, kept_ids), mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        last = _from_turn(chat, roles, starts[-1]) if starts else chat
+        n = len(tokenize(last))
+        raise ContextWindowError(
+            "the request does not fit the context window even with only the system turns and "
+            f"the last user turn ({n} tokens, max_new_tokens {max_new_tokens}, window {window}); "
+            "shorten that turn or lower max_new_tokens"
+        )
+    kept, kept_ids = best
+    return Fitted(kept, kept_ids, len(ids) - len(kept_ids), len(chat) - len(kept))
+
+
+def _from_turn(chat: list[Any], roles: list[str], start: int) -> list[Any]:
+    """The system turns before ``start``, then every turn from ``start`` on."""
+    return [m for m, role in zip(chat[:start], roles) if role == "system"] + chat[start:]
 
 
 def check_budget(max_new_tokens: int, window: int | None) -> None:

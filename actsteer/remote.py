@@ -11,25 +11,24 @@ cannot travel (save them into the server's ``--vectors`` folder and name them ``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future
+from typing import Any
 
 from . import resolve
 from .engine import GenerationOptions, Request
 from .errors import ContextWindowError, GenerationError, SteeringSpecError, ToolSpecError
 from .expressions import Expression, parse
 from .generation import Generation
+from .prompts import Fitted, Prompt, fit
 from .remote_steering import RemoteSteering, merged
 from .spec import SteeringLike
 from .tools import wire
 from .tools.formats import HERMES, ToolFormat
 from .tools.spec import ToolSpec
-
-if TYPE_CHECKING:
-    from .prompts import Prompt
 
 #: Requests in flight at once from one engine (vLLM batches concurrent requests).
 MAX_IN_FLIGHT = 64
@@ -64,7 +63,11 @@ class RemoteEngine:
         self.client = openai.OpenAI(**self._kw)
         # an async client's connections belong to one event loop: one client per loop
         self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self._pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="actsteer-remote")
+        # sync calls run on the async client in a loop of their own: cancelling a call's future
+        # then cancels its HTTP request, and the server stops the row when the connection closes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+        self._slots: asyncio.Semaphore | None = None
 
     @property
     def model_name(self) -> str:
@@ -139,10 +142,42 @@ class RemoteEngine:
     def generate(
         self, requests: Sequence[Request], *, cancel: threading.Event | None = None
     ) -> list[Generation]:
-        return [f.result() for f in self.submit(requests)]
+        futures = self.submit(requests)
+        try:
+            if cancel is None:
+                return [f.result() for f in futures]
+            while not all(f.done() for f in futures):  # the caller's cancel stops every row
+                if cancel.wait(0.05):
+                    raise GenerationError("the call was cancelled")
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()  # a no-op for finished calls; an interrupted wait stops the rest
 
     def submit(self, requests: Sequence[Request]) -> list[Future]:
-        return [self._pool.submit(self._call, r) for r in requests]
+        """One future per request; cancelling it (a deadline, an interrupted wait) cancels
+        its HTTP request, so the server stops generating that row."""
+        loop = self._background()
+        return [asyncio.run_coroutine_threadsafe(self._limited(r), loop) for r in requests]
+
+    def _background(self) -> asyncio.AbstractEventLoop:
+        """The event loop (on a daemon thread) that runs this engine's sync calls."""
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="actsteer-remote", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    async def _limited(self, request: Request) -> Generation:
+        """``_acall`` with at most ``MAX_IN_FLIGHT`` of the sync calls at the server at once."""
+        if self._slots is None:  # made on the background loop, its only user
+            self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        async with self._slots:
+            return await self._acall(request)
 
     async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:
         return list(await asyncio.gather(*(self._acall(r) for r in requests)))
@@ -154,7 +189,8 @@ class RemoteEngine:
         timeout: float | None = 600.0,
         cancel: threading.Event | None = None,
     ) -> Iterator[str | Generation]:
-        chunks = self._create(self.client, request, stream=True, timeout=timeout)
+        fitted = self._fit(request)
+        chunks = self._create(self.client, request, stream=True, timeout=timeout, fitted=fitted)
         said = _Said(self.tool_format)
         try:
             for chunk in chunks:
@@ -165,12 +201,13 @@ class RemoteEngine:
                     break
         finally:
             chunks.close()
-        yield said.generation(request)
+        yield _noted(said.generation(request), fitted)
 
     async def astream(
         self, request: Request, *, timeout: float | None = 600.0
     ) -> AsyncIterator[str | Generation]:
-        chunks = await self._acreate(request, stream=True, timeout=timeout)
+        fitted = await asyncio.to_thread(self._fit, request)
+        chunks = await self._acreate(request, stream=True, timeout=timeout, fitted=fitted)
         said = _Said(self.tool_format)
         try:
             async for chunk in chunks:
@@ -178,22 +215,37 @@ class RemoteEngine:
                     yield piece
         finally:
             await chunks.close()
-        yield said.generation(request)
+        yield _noted(said.generation(request), fitted)
 
     # -- HTTP -------------------------------------------------------------------------------
-    def _call(self, request: Request) -> Generation:
-        return self._read(request, self._create(self.client, request, stream=False))
-
     async def _acall(self, request: Request) -> Generation:
-        return self._read(request, await self._acreate(request, stream=False))
+        fitted = await asyncio.to_thread(self._fit, request)
+        reply = await self._acreate(request, stream=False, fitted=fitted)
+        return _noted(self._read(request, reply), fitted)
+
+    def _fit(self, request: Request) -> Fitted | None:
+        """The prompt as ``request.truncate`` makes it fit, counted with the server's
+        tokenizer (None: no truncation asked; the server itself then refuses a prompt that
+        does not fit, HTTP 400, read as ``ContextWindowError``)."""
+        if request.truncate is None:
+            return None
+        return fit(
+            request.prompt,
+            lambda p: self.tokenize(p, request.tools),
+            request.options.max_new_tokens,
+            self.context_window,
+            request.truncate,
+        )
 
     def _read(self, request: Request, reply: Any) -> Generation:
         """A whole (non-stream) reply as the request's ``Generation``."""
         ids, calls = _token_ids(reply), _calls(reply)
         return _generation(request, *_whole(reply), reply.usage, ids, calls, self.tool_format)
 
-    def _create(self, client: Any, request: Request, *, stream: bool, timeout=None) -> Any:
-        chat, kwargs = self._kwargs(request, stream, timeout)
+    def _create(
+        self, client: Any, request: Request, *, stream: bool, timeout=None, fitted=None
+    ) -> Any:
+        chat, kwargs = self._kwargs(request, stream, timeout, fitted)
         api = client.chat.completions if chat else client.completions
         return _http(lambda: api.create(**kwargs))
 
@@ -207,8 +259,8 @@ class RemoteEngine:
             self._aclients[loop] = openai.AsyncOpenAI(**self._kw)
         return self._aclients[loop]
 
-    async def _acreate(self, request: Request, *, stream: bool, timeout=None) -> Any:
-        chat, kwargs = self._kwargs(request, stream, timeout)
+    async def _acreate(self, request: Request, *, stream: bool, timeout=None, fitted=None) -> Any:
+        chat, kwargs = self._kwargs(request, stream, timeout, fitted)
         api = self.aclient.chat.completions if chat else self.aclient.completions
         try:
             return await api.create(**kwargs)
@@ -216,7 +268,7 @@ class RemoteEngine:
             raise _error(exc) from exc
 
     def _kwargs(
-        self, request: Request, stream: bool, timeout: float | None
+        self, request: Request, stream: bool, timeout: float | None, fitted: Fitted | None = None
     ) -> tuple[bool, dict[str, Any]]:
         o: GenerationOptions = request.options
         kwargs: dict[str, Any] = {
@@ -241,11 +293,14 @@ class RemoteEngine:
         if request.constraint is not None:  # vLLM's own structured outputs
             extra["structured_outputs"] = request.constraint.wire()
         kwargs["extra_body"] = extra
-        chat = not isinstance(request.prompt, str)
+        prompt = request.prompt if fitted is None else fitted.prompt
+        if fitted is not None and request.truncate == "left" and fitted.dropped_tokens:
+            extra.update(truncate_prompt_tokens=len(fitted.ids), truncation_side="left")
+        chat = not isinstance(prompt, str)
         if chat:
-            kwargs["messages"] = [wire.openai_message(m) for m in request.prompt]
+            kwargs["messages"] = [wire.openai_message(m) for m in prompt]
         else:
-            kwargs["prompt"] = request.prompt
+            kwargs["prompt"] = prompt
         if request.tools:  # the server's template renders them, its tool parser reads calls
             if not chat:
                 raise ToolSpecError("tools need chat messages, not a raw completion string")
@@ -285,6 +340,13 @@ class _Said:
     def generation(self, request: Request) -> Generation:
         calls = self.calls.whole()
         return _generation(request, self.text, self.finish, self.usage, (), calls, self.fmt)
+
+
+def _noted(generation: Generation, fitted: Fitted | None) -> Generation:
+    """``generation`` with the prompt tokens its truncation left out."""
+    if fitted is None or not fitted.dropped_tokens:
+        return generation
+    return dataclasses.replace(generation, truncated_tokens=fitted.dropped_tokens)
 
 
 def _whole(reply: Any) -> tuple[str, str | None]:

@@ -17,7 +17,7 @@ from actsteer import Generation, SteeredModel, resolve
 from actsteer.call_options import CallOptions, steering_key
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
-from actsteer.prompts import Prompt, check_budget
+from actsteer.prompts import Prompt, check_budget, check_truncate
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
@@ -35,6 +35,7 @@ OPTION_FIELDS = (
     "top_p",
     "seed",
     "timeout",
+    "truncate",
 )
 #: Options of remote APIs, accepted at construction and ignored.
 IGNORED_INIT = ("max_retries",)
@@ -75,6 +76,10 @@ class SteerFields(BaseModel):
     timeout: float | None = None
     """Seconds a whole call may take, as ``ChatOpenAI``'s ``timeout``: past it the call's rows
     stop and it raises ``TimeoutError`` (None: no limit)."""
+    truncate: str | None = None
+    """A prompt over the context window: None refuses it (``ContextWindowError``), ``"left"``
+    keeps its last tokens, ``"drop_oldest_messages"`` drops the oldest chat turns (the system
+    turns and the newest turns from a user turn on are kept)."""
     batch_size: int = Field(default=32, ge=1)
     """Most rows in one batched generate (``max_concurrency`` in the config lowers it)."""
 
@@ -89,6 +94,7 @@ class SteerFields(BaseModel):
         GenerationOptions(  # the options too, now, with the same OptionsError as LlamaIndex
             self.max_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
         )
+        check_truncate(self.truncate)
         if self.runtime is None and self.base_url is None:  # a model that surely cannot load
             check_model(self.model, self.model_kwargs)
         elif self.runtime is not None:  # its window is known: no prompt could fit beside this
@@ -229,6 +235,7 @@ class SteerFields(BaseModel):
             "steering": steering_key(self.steering),
             "steering_coeff": self.steering_coeff,
             "steering_positions": self.steering_positions,
+            "truncate": self.truncate,
         }
 
     def _request(self, prompt: Prompt, stop: list[str] | None, kwargs: dict[str, Any]) -> Request:
@@ -284,3 +291,8 @@ def usage(g: Generation) -> UsageMetadata:
         output_tokens=g.completion_tokens,
         total_tokens=g.prompt_tokens + g.completion_tokens,
     )
+
+
+def truncated(g: Generation) -> dict[str, int]:
+    """``{"truncated_tokens": n}`` for a reply whose prompt was cut to fit (``truncate=``)."""
+    return {"truncated_tokens": g.truncated_tokens} if g.truncated_tokens else {}

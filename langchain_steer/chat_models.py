@@ -47,7 +47,7 @@ from actsteer.tools import ToolSpec, tool_specs
 from actsteer.tools import tool_choice as tool_choice_of
 
 from . import _batch
-from ._common import SteerFields, steering_key, usage
+from ._common import SteerFields, steering_key, truncated, usage
 from .messages import plain_messages, render_messages
 
 
@@ -210,6 +210,7 @@ class ChatSteer(SteerFields, BaseChatModel):
             "model_name": self.model_name,
             "finish_reason": g.finish_reason,
             "steering": request.info(),
+            **truncated(g),
         }
 
     def _generate(

@@ -6,6 +6,7 @@ Prompts go to the model as raw text (no chat template); ``ChatSteer`` is the cha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from actsteer.prompts import Prompt
 from actsteer.runtime import deadline as _deadline
 
 from . import _batch
-from ._common import SteerFields, usage
+from ._common import SteerFields, truncated, usage
 
 
 class SteerLLM(SteerFields, BaseLLM):
@@ -94,6 +95,7 @@ class SteerLLM(SteerFields, BaseLLM):
             "finish_reason": g.finish_reason,
             "usage": dict(usage(g)),
             "steering": request.info(),
+            **truncated(g),
         }
 
     def _results(self, gens: list[Generation], requests: list[Request]) -> LLMResult:
@@ -113,7 +115,7 @@ class SteerLLM(SteerFields, BaseLLM):
 
     def _requests(self, prompts: list[str], stop: list[str] | None, kwargs: dict) -> list[Request]:
         first = self._request(prompts[0], stop, kwargs)  # every prompt shares the options
-        return [Request(p, first.steering, first.options) for p in prompts]
+        return [dataclasses.replace(first, prompt=p) for p in prompts]
 
     def _generate(
         self,

@@ -162,6 +162,8 @@ def response(
         }
         raw.update(usage=usage, finish_reason=g.finish_reason)
         extra.update(usage, finish_reason=g.finish_reason)
+        if g.truncated_tokens:  # the prompt was cut to fit the window (truncate=)
+            raw["truncated_tokens"] = extra["truncated_tokens"] = g.truncated_tokens
     if chat:
         message = reply_message(text, generation)
         return ChatResponse(message=message, delta=delta, raw=raw, additional_kwargs=extra)

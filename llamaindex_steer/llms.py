@@ -46,7 +46,7 @@ from actsteer.call_options import CallOptions
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.generation import Generation
-from actsteer.prompts import Prompt, check_budget, fit_template
+from actsteer.prompts import Prompt, check_budget, check_truncate, fit_template
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
@@ -155,6 +155,11 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
     context_window: int | None = Field(
         default=None, gt=0, description="Cap on the model's own context window."
     )
+    truncate: str | None = Field(
+        default=None,
+        description="A prompt over the context window: None refuses it (ContextWindowError), "
+        '"left" keeps its last tokens, "drop_oldest_messages" drops the oldest chat turns.',
+    )
     steering: Any = Field(
         default=None,
         description='Expression ("json:4 + concise"), a dict of Steering fields around one '
@@ -192,6 +197,7 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
             self.max_new_tokens, self.temperature, self.top_p, tuple(self.stop or ()), self.seed
         )
         deadline.checked(self.timeout)
+        check_truncate(self.truncate)
         if self.runtime is None and self.base_url is None:  # a model that surely cannot load
             check_model(self.model, self.model_kwargs)
         elif self.runtime is not None:  # its window is known: no prompt could fit beside this
@@ -409,6 +415,7 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
             "top_p": self.top_p,
             "stop": self.stop,
             "seed": self.seed,
+            "truncate": self.truncate,
         }
         call = CallOptions.merge(fields, kwargs, owner="SteerLLM")
         if messages is not None:

@@ -37,9 +37,11 @@ def read_reply(
     cancelled: bool,
     steering: str | None,
     closed: bool = False,
+    truncated: int = 0,
 ) -> Generation:
     """The ``Generation`` of one row. ``closed``: its tool call was finished by the budget
-    (``constrain.budget``), so it ended for ``length`` whatever token it ended on."""
+    (``constrain.budget``), so it ended for ``length`` whatever token it ended on;
+    ``truncated``: prompt tokens left out to fit the window."""
     options = request.options
     kept = until_eos(new, eos)
     text, hit = cut_at_stop(decode_reply(tokenizer, kept), options.stop)
@@ -57,5 +59,5 @@ def read_reply(
         text, calls, invalid = format_for(tokenizer).parse(text, request.tools)
         reason = "tool_calls" if calls and reason == "stop" else reason
     return Generation(
-        text, prompt_tokens, used, reason, steering, tuple(new[:used]), calls, invalid
+        text, prompt_tokens, used, reason, steering, tuple(new[:used]), calls, invalid, truncated
     )

@@ -52,6 +52,7 @@ BAD_OPTIONS = [
     ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
     ({"top_p": 0.0}, "top_p must be in (0, 1]"),
     ({"seed": -5}, "seed must be an int >= 0 or None, got -5"),
+    ({"truncate": "right"}, "truncate must be None or one of ['left', 'drop_oldest_messages']"),
 ]
 
 
@@ -85,7 +86,15 @@ def _requests(sm, kwargs):
         dict(kwargs), messages=[ChatMessage(role="user", content="hi")]
     )
     return [
-        (r.steering, r.options, r.constraint, r.tools, r.tool_choice, r.parallel_tool_calls)
+        (
+            r.steering,
+            r.options,
+            r.constraint,
+            r.tools,
+            r.tool_choice,
+            r.parallel_tool_calls,
+            r.truncate,
+        )
         for r in (lc, li)
     ]
 
@@ -97,6 +106,7 @@ CALLS = [
     {"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": True},
     {"response_format": {"type": "json_object"}},
     {"constraint": {"type": "object"}, "steering_coeff": 0.5},
+    {"truncate": "drop_oldest_messages"},
 ]
 
 

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, trim_messages
 
-from actsteer import ContextWindowError, GenerationOptions, PromptError, Request
+from actsteer import ContextWindowError, GenerationOptions, OptionsError, PromptError, Request
 from langchain_steer import ChatSteer
 from langchain_steer import SteerLLM as LangChainLLM
 from llamaindex_steer import SteerLLM
@@ -101,3 +101,113 @@ def test_trim_messages_with_the_model_as_counter_really_trims(llama):
     assert 2 <= len(kept) < len(history)
     assert kept[0] == history[0] and kept[-1] == history[-1]
     assert chat.get_num_tokens_from_messages(kept) <= full // 2
+
+
+# -- opt-in truncation (truncate="left" / "drop_oldest_messages") ------------------------------
+def _history(turns: int) -> list[dict[str, str]]:
+    chat = [{"role": "system", "content": "Be brief."}]
+    for i in range(turns):
+        chat += [
+            {"role": "user", "content": f"question {i} " * 20},
+            {"role": "assistant", "content": f"answer {i} " * 20},
+        ]
+    return [*chat, {"role": "user", "content": "last question"}]
+
+
+def test_drop_oldest_messages_keeps_the_system_and_the_newest_turns_that_fit(engine):
+    history = _history(12)  # ~ 12 * 2 * 220 bytes: over 2048
+    assert len(engine.tokenize(history)) > 2048
+    options = GenerationOptions(max_new_tokens=16)
+    g = engine.generate([Request(history, options=options, truncate="drop_oldest_messages")])[0]
+    # the kept chat: the system turn, then whole turns from a user turn on, as many as fit
+    kept = None
+    for start in range(1, len(history), 2):
+        candidate = [history[0], *history[start:]]
+        if len(engine.tokenize(candidate)) + 16 <= 2048:
+            kept = candidate
+            break
+    assert kept is not None and len(kept) < len(history)
+    assert len(engine.tokenize([history[0], *history[start - 2 :]])) + 16 > 2048  # one more: not
+    alone = engine.generate([Request(kept, options=options)])[0]
+    assert g.token_ids == alone.token_ids and g.text == alone.text
+    assert g.prompt_tokens == len(engine.tokenize(kept))
+    assert g.truncated_tokens == len(engine.tokenize(history)) - g.prompt_tokens
+    # a batch row truncates exactly as alone, beside a row that fits
+    short = Request(_chat("hi"), options=options)
+    both = engine.generate(
+        [short, Request(history, options=options, truncate="drop_oldest_messages")]
+    )
+    assert both[1].token_ids == g.token_ids and both[0].truncated_tokens == 0
+    streamed = list(
+        engine.stream(Request(history, options=options, truncate="drop_oldest_messages"))
+    )
+    assert streamed[-1].token_ids == g.token_ids
+    assert streamed[-1].truncated_tokens == g.truncated_tokens
+
+
+def test_truncate_left_keeps_the_prompts_last_tokens(engine):
+    text = "abcdefghij" * 250  # 2500 byte-level tokens, one per character
+    options = GenerationOptions(max_new_tokens=8)
+    g = engine.generate([Request(text, options=options, truncate="left")])[0]
+    assert g.prompt_tokens == 2048 - 8 and g.truncated_tokens == 2500 - (2048 - 8)
+    alone = engine.generate([Request(text[-(2048 - 8) :], options=options)])[0]
+    assert g.token_ids == alone.token_ids
+    fits = engine.generate([Request("abc", options=options, truncate="left")])[0]
+    assert fits.truncated_tokens == 0 and fits.prompt_tokens == 3
+
+
+def test_truncation_that_cannot_fit_or_does_not_apply_is_refused(engine):
+    huge_last = [*_history(1), {"role": "user", "content": "x " * 1500}]
+    request = Request(
+        huge_last, options=GenerationOptions(max_new_tokens=4), truncate="drop_oldest_messages"
+    )
+    with pytest.raises(
+        ContextWindowError, match="even with only the system turns and the last user turn"
+    ):
+        engine.generate([request])
+    with pytest.raises(OptionsError, match="needs chat messages"):
+        Request("raw text", truncate="drop_oldest_messages")
+    with pytest.raises(OptionsError, match="truncate must be None or one of"):
+        Request(_chat("hi"), truncate="right")
+    with pytest.raises(ContextWindowError, match="leaves no room"):  # nothing could be kept
+        engine.generate(
+            [Request("x" * 3000, options=GenerationOptions(max_new_tokens=2048), truncate="left")]
+        )
+
+
+def test_the_adapters_truncate_on_request_and_say_so(llama):
+    history = [SystemMessage("Be brief.")]
+    for i in range(12):
+        history += [HumanMessage(f"question {i} " * 20), AIMessage(f"answer {i} " * 20)]
+    history.append(HumanMessage("last question"))
+    chat = ChatSteer(runtime=llama, max_tokens=8, truncate="drop_oldest_messages")
+    reply = chat.invoke(history)
+    cut = reply.response_metadata["truncated_tokens"]
+    assert cut > 0 and reply.usage_metadata["input_tokens"] + 8 <= 2048
+    streamed = None
+    for chunk in chat.stream(history):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert (
+        streamed.content == reply.content and streamed.response_metadata["truncated_tokens"] == cut
+    )
+    per_call = ChatSteer(runtime=llama, max_tokens=8).invoke(
+        history, truncate="drop_oldest_messages"
+    )
+    assert per_call.content == reply.content
+    with pytest.raises(ContextWindowError):  # the default refuses
+        ChatSteer(runtime=llama, max_tokens=8).invoke(history)
+    llm = LangChainLLM(runtime=llama, max_tokens=8, truncate="left")
+    out = llm.generate(["abcdefghij" * 250]).generations[0][0]
+    assert out.generation_info["truncated_tokens"] == 2500 - 2040
+    from llama_index.core.llms import ChatMessage
+
+    li = SteerLLM(runtime=llama, max_new_tokens=8, truncate="drop_oldest_messages")
+    messages = [
+        ChatMessage(
+            role=m.type.replace("human", "user").replace("ai", "assistant"), content=m.content
+        )
+        for m in history
+    ]
+    answer = li.chat(messages)
+    assert answer.raw["truncated_tokens"] > 0
+    assert answer.message.content == reply.content

@@ -23,6 +23,7 @@ from actsteer import (
     SteeringVector,
 )
 from actsteer.constrain import Constraint
+from actsteer.prompts import fit
 from actsteer.remote import remote_engine
 from actsteer.vllm import launch
 from langchain_steer import ChatSteer
@@ -423,6 +424,72 @@ def test_the_server_counts_tokens_and_refuses_what_does_not_fit(server, engine, 
     with pytest.raises(ContextWindowError):
         list(remote.stream("word " * 1200, max_tokens=4))
     assert remote.invoke("Hi", max_tokens=2).content  # and it serves on
+
+
+def test_the_server_truncates_on_request_as_the_local_engine_would(server, engine, real):
+    """``truncate=`` over the server: the oldest turns are dropped by the server's own token
+    counts (the reply then equals the kept chat in-process), ``"left"`` keeps the prompt's last
+    tokens through vLLM's ``truncate_prompt_tokens``; both say how many tokens were cut."""
+    options = GenerationOptions(max_new_tokens=8)
+    history = [{"role": "system", "content": "Be brief."}]
+    for i in range(20):
+        history += [
+            *chat(f"Tell me fact number {i} about the sea."),
+            {"role": "assistant", "content": f"Fact {i}: the sea is big and blue and deep. " * 3},
+        ]
+    history += chat("And one more?")
+    n = len(engine.tokenize(history))
+    assert n > 1024
+    request = Request(history, options=options, truncate="drop_oldest_messages")
+    got = engine.generate([request])[0]
+    kept = fit(history, engine.tokenize, 8, 1024, "drop_oldest_messages").prompt
+    assert 2 < len(kept) < len(history) and kept[0] == history[0]
+    assert got.token_ids == local_ids(real, [kept], [None], options)[0]
+    assert got.truncated_tokens == n - got.prompt_tokens > 0
+    streamed = list(engine.stream(request))[-1]
+    assert streamed.truncated_tokens == got.truncated_tokens and streamed.text == got.text
+    text = "word " * 1200
+    left = engine.generate([Request(text, options=options, truncate="left")])[0]
+    assert left.prompt_tokens == 1024 - 8
+    assert left.truncated_tokens == len(engine.tokenize(text)) - (1024 - 8)
+    reply = ChatSteer(base_url=server, model=MODEL, max_tokens=8).invoke(
+        history, truncate="drop_oldest_messages"
+    )
+    assert reply.content == got.text
+    assert reply.response_metadata["truncated_tokens"] == got.truncated_tokens
+
+
+def _running(server: str) -> float:
+    """The server's count of requests generating now (its Prometheus ``/metrics``)."""
+    import httpx
+
+    text = httpx.get(server.removesuffix("/v1") + "/metrics", timeout=10).text
+    lines = [ln for ln in text.splitlines() if ln.startswith("vllm:num_requests_running")]
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+
+@pytest.mark.parametrize("entry", ["invoke", "ainvoke", "stream"])
+def test_a_remote_deadline_stops_the_row_on_the_server(server, entry):
+    """``timeout=`` over the server is the same whole-call deadline as in-process, and the
+    server stops the row too: the call's HTTP request is cancelled (the connection closes) and
+    vLLM aborts it, instead of generating 400 tokens for no one."""
+    import time
+
+    model = ChatSteer(base_url=server, model=MODEL, max_tokens=400, timeout=1.0)
+    prompt = "Write a very long story about a dragon, with many chapters."
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        if entry == "invoke":
+            model.invoke(prompt)
+        elif entry == "ainvoke":
+            asyncio.run(model.ainvoke(prompt))
+        else:
+            list(model.stream(prompt))
+    assert time.monotonic() - started < 3.0
+    while _running(server) > 0 and time.monotonic() - started < 10.0:
+        time.sleep(0.2)
+    assert _running(server) == 0  # 400 tokens at ~20 tokens/s would run ~20 s
+    assert ChatSteer(base_url=server, model=MODEL, max_tokens=2).invoke("Hi").content
 
 
 def test_a_compiled_server_steers_like_in_process(vllm_python, vectors, real, tmp_path):
