@@ -61,12 +61,8 @@ def hidden_states(
     show = progress if progress is not None else len(starts) > 4
     for start in tqdm(starts, desc="actsteer: reading activations", disable=not show):
         chunk = encoded[start : start + batch_size]
-        ids, mask = sm._pad(chunk)
-        plan = sm._steerable(
-            combine.left_pad_plan(
-                [compiled] * len(chunk), mask, sm._layer_devices, sm._layer_dtypes
-            )
-        )
+        ids, mask = sm.handle.pad(chunk)
+        plan = sm.handle.left_pad_plan([compiled] * len(chunk), mask)
         state = hooks.CallState(plan, capture_layers=frozenset(layers), stop_after=layers[-1])
         with torch.inference_mode(), hooks.activate(state):
             try:
@@ -96,16 +92,8 @@ def continuation_logprobs(
     )
     if not cont:
         raise SteeringSpecError("the continuation is empty")
-    ids, mask = sm._pad([prompt_ids + cont])
-    plan = sm._steerable(
-        combine.left_pad_plan(
-            [sm.row_spec(steering)],
-            mask,
-            sm._layer_devices,
-            sm._layer_dtypes,
-            prompt_len=len(prompt_ids),
-        )
-    )
+    ids, mask = sm.handle.pad([prompt_ids + cont])
+    plan = sm.handle.left_pad_plan([sm.row_spec(steering)], mask, prompt_len=len(prompt_ids))
     with torch.inference_mode(), hooks.activate(hooks.CallState(plan) if plan else None):
         logits = sm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     span = logits[0, len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(cont)].float()

@@ -178,7 +178,8 @@ class Engine(Protocol):
 
     def submit(self, requests: Sequence[Request]) -> list[Future]:
         """Start ``requests`` together and return one future per request (each resolves to
-        its ``Generation``); cancelling a future stops its row."""
+        its ``Generation``, or holds the error that refused that request alone, e.g. a prompt
+        over the window); cancelling a future stops its row."""
         ...
 
     async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from .errors import ExpressionError, SteeringSpecError
+from .labels import layer_span, number
 
 MAX_LENGTH = 10_000
 MAX_LAYER = 100_000
@@ -92,22 +93,6 @@ def _short(token: str) -> str:
     return repr(token if len(token) <= 24 else token[:20] + "...")
 
 
-def _fmt(x: float) -> str:
-    r = repr(float(x))
-    return r[:-2] if r.endswith(".0") else r
-
-
-def _span(layers: tuple[int, ...]) -> str:
-    parts, i = [], 0
-    while i < len(layers):
-        j = i
-        while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1:
-            j += 1
-        parts.append(str(layers[i]) if i == j else f"{layers[i]}-{layers[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
 def _quote(path: str) -> str:
     colon = path.rfind(":")
     bare = path and all(c in _SAFE_PATH for c in path)
@@ -154,8 +139,8 @@ class TermExpr:
 
     def _body(self) -> str:
         text = "file:" + _quote(self.source[5:]) if self.is_file else self.source
-        text += "" if self.layers is None else "@" + _span(self.layers)
-        return text if abs(self.coeff) == 1.0 else f"{text}:{_fmt(abs(self.coeff))}"
+        text += "" if self.layers is None else "@" + layer_span(self.layers)
+        return text if abs(self.coeff) == 1.0 else f"{text}:{number(abs(self.coeff))}"
 
     def canonical(self) -> str:
         """This term alone as an expression: ``[-]source[@layers][:coeff]``."""

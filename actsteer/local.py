@@ -12,28 +12,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-from . import combine, hooks, resolve, worker
-from .constrain.decode import Grammars, RowGrammars
+from . import combine, resolve, worker
+from .constrain.decode import Grammars
 from .engine import GenerationOptions, Request, checked
 from .errors import GenerationError
 from .generation import (
     CallCancel,
     Generation,
-    RowStops,
-    RowStreamer,
-    SeededSampler,
     TokenQueue,
     cut_at_stop,
     safe_length,
 )
 from .prompts import Prompt, context_window, fit
-from .runtime.replies import decode_reply, read_reply, until_eos
+from .runtime.replies import decode_reply, until_eos
+from .runtime.rows import Rows, finish, generate_rows
 from .spec import Steering, SteeringLike
 from .tools.formats import format_for, shown_content
 from .tools.spec import ToolSpec
@@ -43,22 +37,6 @@ if TYPE_CHECKING:
 
 #: How often a stream consumer checks for cancellation and timeouts while no token arrives.
 _POLL_S = 0.05
-
-
-@dataclass(eq=False)
-class _Rows:
-    """One job's payload: its requests, and once prepared their token ids and steering."""
-
-    requests: Sequence[Request]
-    index: Sequence[int] = ()
-    """Where each request stands in the call that made this job."""
-    encoded: list[list[int]] | None = None
-    dropped: list[int] | None = None
-    """Prompt tokens each row left out to fit the window (``Request.truncate``)."""
-    compiled: list[combine.Compiled] | None = None
-    grammars: list[Any] | None = None
-    """Each row's compiled grammar (its constraint, or its tool calls' structural tag), or None."""
-    stream: TokenQueue | None = None
 
 
 class LocalEngine:
@@ -117,9 +95,18 @@ class LocalEngine:
             raise
 
     def submit(self, requests: Sequence[Request]) -> list[Future]:
-        jobs = [self._jobs([r], CallCancel(), prepare_here=True)[0] for r in checked(requests)]
+        futures: list[Future] = []
+        jobs = []
+        for r in checked(requests):
+            try:
+                job = self._jobs([r], CallCancel(), prepare_here=True)[0]
+            except Exception as exc:  # this row alone is refused (a prompt over the window)
+                futures.append(_failed(exc))
+                continue
+            jobs.append(job)
+            futures.append(_single(job))
         worker.submit(*jobs)
-        return [_single(job) for job in jobs]
+        return futures
 
     async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:
         # encoding and compiling run on the worker: presets may read or extract vectors
@@ -206,7 +193,7 @@ class LocalEngine:
                 key=(id(self), options),
                 rows=len(index),
                 run=self._run,
-                payload=_Rows([requests[i] for i in index], index),
+                payload=Rows([requests[i] for i in index], index),
                 prepare=None if prepare_here else self._prepare,
                 cancel=cancel,
             )
@@ -216,7 +203,7 @@ class LocalEngine:
         return jobs
 
     def _prepare(self, job: worker.Job) -> None:
-        rows: _Rows = job.payload
+        rows: Rows = job.payload
         window = self.context_window
         fitted = [  # nothing runs past the window: refused, or truncated as the request asks
             fit(r.prompt, lambda p, r=r: self.sm.encode(p, r.tools), r.options.max_new_tokens,
@@ -248,11 +235,11 @@ class LocalEngine:
 
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """One generate for a merged group (on the worker); one list of rows per job."""
-        batch = _Rows([], encoded=[], dropped=[], compiled=[], grammars=[])
+        batch = Rows([], encoded=[], dropped=[], compiled=[], grammars=[])
         cancels: list[CallCancel] = []
         streams: list[tuple[int, TokenQueue]] = []
         for job in group:
-            rows: _Rows = job.payload
+            rows: Rows = job.payload
             if rows.stream is not None:
                 streams.append((len(batch.requests), rows.stream))
             batch.requests = [*batch.requests, *rows.requests]
@@ -265,7 +252,7 @@ class LocalEngine:
             for before, _ in list(self._observers):
                 if before is not None:
                     before(len(batch.requests))
-            gens = self._generate_rows(batch, cancels, streams)
+            gens = generate_rows(self.sm.handle, self._grammars, batch, cancels, streams)
             for _, after in list(self._observers):
                 if after is not None:
                     after(gens)
@@ -279,91 +266,12 @@ class LocalEngine:
             start += n
         return out
 
-    # -- generating (on the worker) ---------------------------------------------------------
-    def _generate_rows(
-        self,
-        batch: _Rows,
-        cancels: list[CallCancel],
-        streams: Sequence[tuple[int, TokenQueue]] = (),
-    ) -> list[Generation]:
-        """One left-padded generate of prepared rows (equal options). Each row's result ends
-        where the row ended (EOS, stop string, cancel, its grammar), however long the batch
-        went on."""
-        sm = self.sm
-        encoded, compiled = batch.encoded or [], batch.compiled or []
-        options = batch.requests[0].options
-        ids, mask = sm._pad(encoded)
-        plan = sm._steerable(
-            combine.left_pad_plan(compiled, mask, sm._layer_devices, sm._layer_dtypes)
-        )
-        stops = RowStops(cancels, sm.eos_token_ids, options.stop, sm.tokenizer, ids.shape[1])
-        config = GenerationConfig(
-            max_new_tokens=options.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=sm.pad_token_id,
-            eos_token_id=list(sm.eos_token_ids) or None,
-        )
-        processors = LogitsProcessorList()
-        grammars, streaming = None, dict(streams)
-        if any(g is not None for g in batch.grammars or ()):  # masks first, then sampling
-            assert self._grammars is not None
-            grammars = RowGrammars(
-                batch.grammars, ids.shape[1], self._grammars.vocab_size,
-                budget=options.max_new_tokens, closer=self._grammars.closer,
-                close=[r.constraint is None and bool(r.tools) for r in batch.requests],
-                on_close=lambda row: row in streaming and setattr(streaming[row], "closed", True),
-            )  # fmt: skip
-            processors.append(grammars)
-        if options.temperature > 0:
-            processors.append(
-                SeededSampler(ids.shape[0], options.temperature, options.top_p, options.seed)
-            )
-        state = hooks.CallState(plan) if plan is not None else None
-        with torch.inference_mode(), hooks.activate(state):
-            out = sm.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([stops]),
-                streamer=RowStreamer(streams, stops) if streams else None,
-            )
-        width, closed = out.shape[1], grammars.closed if grammars else set()
-        return [
-            self._finish(
-                len(tokens),
-                out[row, ids.shape[1] : stops.stopped_at.get(row, width)].tolist(),
-                batch.requests[row],
-                cancels[row],
-                compiled[row][1],
-                row in closed,
-                (batch.dropped or [0] * len(encoded))[row],
-            )
-            for row, tokens in enumerate(encoded)
-        ]
-
-    def _finish(
-        self,
-        prompt_tokens: int,
-        new: Sequence[int],
-        request: Request,
-        cancel: CallCancel,
-        steering: str | None,
-        closed: bool = False,
-        truncated: int = 0,
-    ) -> Generation:
-        return read_reply(
-            self.sm.tokenizer, self.sm.eos_token_ids, request, prompt_tokens, new,
-            cancelled=cancel.is_set(), steering=steering, closed=closed, truncated=truncated,
-        )  # fmt: skip
-
     def _decode(self, new: Sequence[int]) -> str:
         return decode_reply(self.sm.tokenizer, until_eos(new, self.sm.eos_token_ids))
 
     # -- streaming (on the caller's thread) -------------------------------------------------
     def _stream(self, job: worker.Job, timeout: float | None) -> Iterator[str | Generation]:
-        rows: _Rows = job.payload
+        rows: Rows = job.payload
         request = rows.requests[0]
         options = request.options
         stop = options.stop
@@ -405,7 +313,8 @@ class LocalEngine:
                     break
             if not (hit or tokens_in.row_done or future.cancelled()):
                 future.result()  # the generate ended before this row did: re-raise a failure
-            final = self._finish(
+            final = finish(
+                self.sm.handle,
                 len(rows.encoded[0]),
                 new,
                 request,
@@ -428,6 +337,14 @@ def _in_order(jobs: Sequence[worker.Job], results: Sequence[list[Generation]]) -
     for job, rows in zip(jobs, results, strict=True):
         out.update(zip(job.payload.index, rows, strict=True))
     return [out[i] for i in range(len(out))]
+
+
+def _failed(exc: BaseException) -> Future:
+    """A future that holds the error that refused its request."""
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    future.set_exception(exc)
+    return future
 
 
 def _single(job: worker.Job) -> Future:

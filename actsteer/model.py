@@ -3,11 +3,10 @@ generate with per-call, per-row steering (sync, batched, streaming, async)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,12 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import activations, combine, hooks, prompts, resolve, worker
 from .default_model import DEFAULT_MODEL_NAME, ensure_converted, is_embedded
-from .engine import GenerationOptions, Request
-from .errors import GenerationError, SteeringSpecError
-from .generation import Generation
-from .layers import find_layers, placement
+from .layers import find_layers
 from .local import LocalEngine
 from .prompts import Prompt
+from .runtime.calls import GenerationCalls
+from .runtime.handle import ModelHandle
 from .runtime.loading import check_model_kwargs, load_pretrained
 from .spec import Steering, SteeringLike
 from .tools.spec import ToolSpec
@@ -33,7 +31,7 @@ _SHARED: dict[tuple[str | None, str], SteeredModel] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-class SteeredModel:
+class SteeredModel(GenerationCalls):
     """A causal LM whose every generate call can carry its own steering.
 
     Hooks are installed once; steering is passed per call (``generate(..., steering=...)``) and
@@ -74,16 +72,10 @@ class SteeredModel:
                 else None
             ),
         )
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_token_id: int = int(pad)
-        self._eos_ids = self._collect_eos_ids()
-        self._layer_devices, self._layer_dtypes = {}, {}
-        for i, layer in enumerate(self.layers):
-            self._layer_devices[i], self._layer_dtypes[i] = placement(layer)
+        self.handle = ModelHandle(model, tokenizer, self.stack, self.layers, self.fingerprint)
+        """The working parts the engine, activation reads and training use (hooks installed)."""
+        self.pad_token_id: int = self.handle.pad_token_id
         self._norms: dict[int, float] | None = None
-        self._handles = hooks.install(self.stack, self.layers)
         self.engine = LocalEngine(self)
         """What the adapters talk to (``actsteer.engine.Engine``): requests in, generations out."""
 
@@ -137,9 +129,7 @@ class SteeredModel:
 
     def close(self) -> None:
         """Remove the hooks, leaving the wrapped model exactly as it was before wrapping."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self.handle.close()
 
     @property
     def num_layers(self) -> int:
@@ -152,11 +142,11 @@ class SteeredModel:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """The ids that end a reply (from the generation config and the tokenizer)."""
-        return tuple(self._eos_ids)
+        return self.handle.eos_token_ids
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return self.handle.device
 
     def __repr__(self) -> str:
         fp = self.fingerprint
@@ -171,7 +161,7 @@ class SteeredModel:
     def encode(self, prompt: Prompt, tools: Sequence[ToolSpec] = ()) -> list[int]:
         """Token ids of a prompt (with ``tools`` offered through the chat template), exactly as
         a generate call sends them."""
-        return prompts.encode(self.tokenizer, prompt, tools)
+        return self.handle.encode(prompt, tools)
 
     # -- steering -------------------------------------------------------------------------------
     def resolve(
@@ -218,7 +208,7 @@ class SteeredModel:
         starts: torch.Tensor | None = None,
     ) -> hooks.Plan | None:
         """The hook plan for a batch whose row ``i`` carries ``steerings[i]``."""
-        return self._build_plan([self.row_spec(s) for s in steerings], prompt_len, starts)
+        return self.handle.plan([self.row_spec(s) for s in steerings], prompt_len, starts)
 
     @contextlib.contextmanager
     def steer(self, steering: SteeringLike) -> Iterator[hooks.Plan | None]:
@@ -281,179 +271,3 @@ class SteeredModel:
         generate call of ``prompt``, assigns at each position of ``continuation``. The
         continuation counts as generated tokens, so ``positions="generated"`` applies to it."""
         return activations.continuation_logprobs(self, prompt, continuation, steering)
-
-    # -- generation: requests for self.engine ------------------------------------------------
-    def generate(
-        self,
-        prompt: Prompt,
-        steering: SteeringLike = None,
-        *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-    ) -> str:
-        """The completion of one prompt (without the prompt), cut at the first stop string."""
-        return self.generate_detailed(
-            prompt,
-            steering,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-            seed=seed,
-        ).text
-
-    def generate_detailed(
-        self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
-    ) -> Generation:
-        """Like ``generate`` but returns text with token counts, finish reason and steering."""
-        return self.generate_batch_detailed([prompt], [steering], **kw)[0]
-
-    def generate_batch(
-        self,
-        prompts: Sequence[Prompt],
-        steering: SteeringLike | Sequence[SteeringLike] = None,
-        **kw: Any,
-    ) -> list[str]:
-        """One batched, left-padded generate; ``steering`` is one spec for all rows or a list
-        with one spec (or None) per row."""
-        return [g.text for g in self.generate_batch_detailed(prompts, steering, **kw)]
-
-    def generate_batch_detailed(
-        self,
-        prompts: Sequence[Prompt],
-        steering: SteeringLike | Sequence[SteeringLike] = None,
-        *,
-        cancel: threading.Event | None = None,
-        **options: Any,
-    ) -> list[Generation]:
-        """``generate_batch`` with token counts, finish reasons and steering per row. Options:
-        ``max_new_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``
-        (``actsteer.engine.GenerationOptions``)."""
-        return self.engine.generate(self.requests(prompts, steering, **options), cancel=cancel)
-
-    def requests(
-        self,
-        prompts: Sequence[Prompt],
-        steering: SteeringLike | Sequence[SteeringLike] = None,
-        **options: Any,
-    ) -> list[Request]:
-        """Engine requests for a batch: per-row steering resolved once, options validated."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise SteeringSpecError("generate_batch needs a list of prompts")
-        opts = GenerationOptions(**options)
-        if isinstance(steering, list):  # a list is per row; anything else applies to every row
-            if len(steering) != len(prompts):
-                raise SteeringSpecError(
-                    f"got {len(steering)} steering specs for {len(prompts)} prompts"
-                )
-            per_row = [self.resolve(s) for s in steering]
-        else:
-            per_row = [self.resolve(steering)] * len(prompts)
-        return [Request(p, s, opts) for p, s in zip(prompts, per_row, strict=True)]
-
-    def stream(
-        self,
-        prompt: Prompt,
-        steering: SteeringLike = None,
-        *,
-        timeout: float | None = 600.0,
-        cancel: threading.Event | None = None,
-        on_finish: Callable[[Generation], None] | None = None,
-        **options: Any,
-    ) -> Iterator[str]:
-        """Yield the completion in pieces; the pieces join to exactly ``generate``'s text.
-        Abandoning the iterator stops generation and leaves no steering behind. ``on_finish``
-        gets the finished ``Generation`` (token counts, finish reason) after the last piece.
-        ``timeout``: seconds to wait for the next token (time queued behind other generations
-        counts) before failing."""
-        (request,) = self.requests([prompt], steering, **options)
-        items = self.engine.stream(request, timeout=timeout, cancel=cancel)
-        return _pieces(items, on_finish)
-
-    async def agenerate(self, prompt: Prompt, steering: SteeringLike = None, **kw: Any) -> str:
-        """``generate`` on the generation thread, without blocking the event loop; cancelling
-        the task stops the generation."""
-        return (await self.agenerate_detailed(prompt, steering, **kw)).text
-
-    async def agenerate_detailed(
-        self, prompt: Prompt, steering: SteeringLike = None, **kw: Any
-    ) -> Generation:
-        results = await self.agenerate_batch_detailed([prompt], [steering], **kw)
-        return results[0]
-
-    async def agenerate_batch_detailed(
-        self,
-        prompts: Sequence[Prompt],
-        steering: SteeringLike | Sequence[SteeringLike] = None,
-        **options: Any,
-    ) -> list[Generation]:
-        """``generate_batch_detailed`` without blocking the event loop. Runs on actsteer's
-        generation thread, which merges calls waiting at the same time (same options) into one
-        batched generate, so ``asyncio.gather`` of many calls batches by itself; each row is
-        still steered only by its own call. Cancelling the task stops its rows."""
-        # resolving may read (or extract) preset vectors: keep it off the event loop
-        requests = await asyncio.to_thread(self.requests, prompts, steering, **options)
-        return await self.engine.agenerate(requests)
-
-    async def astream(
-        self,
-        prompt: Prompt,
-        steering: SteeringLike = None,
-        *,
-        timeout: float | None = 600.0,
-        on_finish: Callable[[Generation], None] | None = None,
-        **options: Any,
-    ) -> AsyncIterator[str]:
-        """``stream`` for asyncio: pieces arrive without blocking the event loop."""
-        (request,) = await asyncio.to_thread(self.requests, [prompt], steering, **options)
-        async for item in self.engine.astream(request, timeout=timeout):
-            if isinstance(item, Generation):
-                if on_finish is not None:
-                    on_finish(item)
-            else:
-                yield item
-
-    # -- internals ------------------------------------------------------------------------------
-    def _collect_eos_ids(self) -> list[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, list | tuple):
-                ids.update(int(e) for e in eos)
-        return sorted(ids)
-
-    def _pad(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return prompts.left_pad(encoded, self.pad_token_id, self.device)
-
-    def _build_plan(self, compiled, prompt_len, starts) -> hooks.Plan | None:
-        return self._steerable(
-            combine.plan(
-                compiled,
-                prompt_len=prompt_len,
-                starts=starts,
-                devices=self._layer_devices,
-                dtypes=self._layer_dtypes,
-            )
-        )
-
-    def _steerable(self, plan: hooks.Plan | None) -> hooks.Plan | None:
-        """``plan``, unless ``close()`` removed the hooks that would apply it (never silent)."""
-        if plan is not None and not self._handles:
-            raise GenerationError(f"{self!r} was closed (its hooks are removed): cannot steer")
-        return plan
-
-
-def _pieces(
-    items: Iterator[str | Generation], on_finish: Callable[[Generation], None] | None
-) -> Iterator[str]:
-    for item in items:
-        if isinstance(item, Generation):
-            if on_finish is not None:
-                on_finish(item)
-        else:
-            yield item

@@ -15,7 +15,8 @@ from typing import Literal
 import torch
 
 from .errors import CoefficientError, LayerError, NonFiniteError, SteeringSpecError
-from .vector import ModelFingerprint, SteeringVector, _span, add_aligned, unit
+from .labels import layer_span, number
+from .vector import ModelFingerprint, SteeringVector, add_aligned, unit
 
 Positions = Literal["all", "prompt", "generated", "actadd"]
 Operator = Literal["add", "ablate", "add_norm_preserving"]
@@ -143,7 +144,7 @@ class Steering:
         if missing:
             raise LayerError(
                 f"layers {missing} were asked for but no vector has a direction there "
-                f"(the vectors cover {_span(present)})"
+                f"(the vectors cover {layer_span(present)})"
             )
         return self.layers
 
@@ -154,17 +155,17 @@ class Steering:
             c = t.coeff * (1.0 if self.operator == "ablate" else self.coeff)
             sign = "-" if c < 0 else "+"
             mag = abs(c)
-            body = t.label() if mag == 1.0 else f"{t.label()}:{_fmt(mag)}"
+            body = t.label() if mag == 1.0 else f"{t.label()}:{number(mag)}"
             parts.append((sign if i or sign == "-" else "") + body)
         text = " ".join(parts).replace(" +", " + ").replace(" -", " - ")
         opts = []
         if self.layers is not None:
-            opts.append(f"layers={_span(self.layers)}")
+            opts.append(f"layers={layer_span(self.layers)}")
         for name, default in (("positions", "all"), ("operator", "add")):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)}")
         if self.operator == "ablate":
-            opts.append(f"strength={_fmt(self.coeff)}")
+            opts.append(f"strength={number(self.coeff)}")
         if self.relative:
             opts.append("relative")
         return text + (f" [{', '.join(opts)}]" if opts else "")
@@ -179,12 +180,12 @@ class Steering:
         for t in self.terms:
             v = t.vector
             lines.append(
-                f"  term {t.label()}: coeff {_fmt(t.coeff)}, layers {_span(v.layers)}, "
+                f"  term {t.label()}: coeff {number(t.coeff)}, layers {layer_span(v.layers)}, "
                 f"method {v.meta.method or '?'}, made on "
                 f"{v.meta.model.name if v.meta.model else 'any model'}, digest {v.digest()}"
             )
         lines.append(
-            f"  positions={self.positions} operator={self.operator} coeff={_fmt(self.coeff)} "
+            f"  positions={self.positions} operator={self.operator} coeff={number(self.coeff)} "
             f"relative={self.relative}"
         )
         if model is not None:
@@ -319,7 +320,3 @@ def _layer(x: object) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 0:
         raise LayerError(f"layers must be non-negative ints, got {x!r}")
     return int(x)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"

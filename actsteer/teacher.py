@@ -210,7 +210,7 @@ def reply_logprobs(
     plan = None
     if row:
         starts = (mask[:, :width] == 0).sum(dim=1).cpu()
-        plan = sm._build_plan([(row, "distill")], width, starts)
+        plan = sm.handle.plan([(row, "distill")], width, starts)
     with hooks.activate(hooks.CallState(plan) if plan is not None else None):
         logits = sm.model(**kwargs).logits
     span = logits[:, -(longest + 1) : -1]
@@ -292,7 +292,7 @@ def packed_logprobs(
     mask = torch.zeros(1, 1, total, total, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     prompt = torch.tensor([prompt_mask], device=device)
-    plan = sm._build_plan([(row, "distill")], None, None) if row else None
+    plan = sm.handle.plan([(row, "distill")]) if row else None
     state = None
     if plan is not None:
         masks = {"all": torch.ones_like(prompt), "prompt": prompt, "generated": ~prompt}

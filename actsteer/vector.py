@@ -13,145 +13,15 @@ import numbers
 import os
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from .errors import ModelMismatchError, NonFiniteError, SteeringSpecError, VectorShapeError
-
-
-@dataclass(frozen=True)
-class ModelFingerprint:
-    """What identifies the model a vector was made on: directions only transfer within one model."""
-
-    name: str
-    architecture: str
-    hidden_size: int
-    num_layers: int
-    revision: str | None = None
-    chat_template_hash: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "architecture": self.architecture,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "revision": self.revision,
-            "chat_template_hash": self.chat_template_hash,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelFingerprint:
-        try:
-            return cls(
-                name=str(data["name"]),
-                architecture=str(data["architecture"]),
-                hidden_size=int(data["hidden_size"]),
-                num_layers=int(data["num_layers"]),
-                revision=None if data.get("revision") is None else str(data["revision"]),
-                chat_template_hash=(
-                    None
-                    if data.get("chat_template_hash") is None
-                    else str(data["chat_template_hash"])
-                ),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SteeringSpecError(f"invalid model fingerprint {dict(data)!r}: {exc}") from exc
-
-    def difference(self, other: ModelFingerprint) -> str | None:
-        """Why ``other`` is a different model, or None when vectors transfer between the two.
-
-        Names are compared by their last path component, so a hub id and a local copy of the same
-        checkpoint ("org/Model" vs "/models/Model") match.
-        """
-        for attr in ("architecture", "hidden_size", "num_layers"):
-            if getattr(self, attr) != getattr(other, attr):
-                return f"{attr} {getattr(self, attr)!r} != {getattr(other, attr)!r}"
-        if _short_name(self.name) != _short_name(other.name):
-            return f"name {self.name!r} != {other.name!r}"
-        return None
-
-
-def _short_name(name: str) -> str:
-    return name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].lower()
-
-
-@dataclass(frozen=True)
-class VectorMeta:
-    """Where a vector came from and how to use it; every field is optional."""
-
-    model: ModelFingerprint | None = None
-    method: str | None = None
-    source: Mapping[str, Any] = field(default_factory=dict)
-    layer_norms: Mapping[int, float] = field(default_factory=dict)
-    recommended_layers: tuple[int, ...] | None = None
-    recommended_coeff: float | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # a file's norms scale relative steering: a negative one would flip the direction
-        for layer, norm in self.layer_norms.items():
-            if isinstance(norm, bool) or not (
-                isinstance(norm, numbers.Real) and math.isfinite(norm) and norm > 0
-            ):
-                raise SteeringSpecError(
-                    f"invalid vector metadata: layer {layer}'s norm must be a finite number "
-                    f"> 0, got {norm!r}"
-                )
-        coeff = self.recommended_coeff
-        if coeff is not None and not (isinstance(coeff, numbers.Real) and math.isfinite(coeff)):
-            raise SteeringSpecError(
-                f"invalid vector metadata: recommended_coeff must be finite, got {coeff!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": None if self.model is None else self.model.to_dict(),
-            "method": self.method,
-            "source": dict(self.source),
-            "layer_norms": {str(k): float(v) for k, v in sorted(self.layer_norms.items())},
-            "recommended_layers": (
-                None if self.recommended_layers is None else list(self.recommended_layers)
-            ),
-            "recommended_coeff": self.recommended_coeff,
-            "extra": dict(self.extra),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VectorMeta:
-        try:
-            model = data.get("model")
-            rec_layers = data.get("recommended_layers")
-            rec_coeff = data.get("recommended_coeff")
-            return cls(
-                model=None if model is None else ModelFingerprint.from_dict(model),
-                method=None if data.get("method") is None else str(data["method"]),
-                source=dict(data.get("source") or {}),
-                layer_norms={int(k): float(v) for k, v in (data.get("layer_norms") or {}).items()},
-                recommended_layers=None
-                if rec_layers is None
-                else tuple(int(x) for x in rec_layers),
-                recommended_coeff=None if rec_coeff is None else float(rec_coeff),
-                extra=dict(data.get("extra") or {}),
-            )
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise SteeringSpecError(f"invalid vector metadata: {exc}") from exc
-
-
-def _merge_meta(a: VectorMeta, b: VectorMeta, method: str) -> VectorMeta:
-    if a.model is not None and b.model is not None:
-        why = a.model.difference(b.model)
-        if why is not None:
-            raise ModelMismatchError(
-                f"cannot combine vectors made on different models ({why}); "
-                "re-extract one of them on the other model"
-            )
-    norms = dict(b.layer_norms)
-    norms.update(a.layer_norms)
-    return VectorMeta(model=a.model or b.model, method=method, layer_norms=norms)
+from .labels import layer_span
+from .meta import ModelFingerprint, VectorMeta, arch_name, merge_meta
 
 
 class SteeringVector:
@@ -242,7 +112,7 @@ class SteeringVector:
         missing = [x for x in wanted if x not in self._directions]
         if missing:
             raise SteeringSpecError(
-                f"vector has no direction for layer(s) {missing}; it has {_span(self.layers)}"
+                f"vector has no direction for layer(s) {missing}; it has {layer_span(self.layers)}"
             )
         return SteeringVector({x: self._directions[x] for x in wanted}, self._meta)
 
@@ -264,7 +134,7 @@ class SteeringVector:
                     f"layer {layer}: cannot add a per-position (ActAdd) direction to a plain one"
                 )
             out[layer] = add_aligned(out[layer], t) if layer in out else t
-        return SteeringVector(out, _merge_meta(self._meta, other.meta, "combination"))
+        return SteeringVector(out, merge_meta(self._meta, other.meta, "combination"))
 
     def __neg__(self) -> SteeringVector:
         return self * -1.0
@@ -308,7 +178,7 @@ class SteeringVector:
         model = self._meta.model.name if self._meta.model else "any model"
         form = ", per-position" if self.is_positional else ""
         return (
-            f"SteeringVector(layers={_span(self.layers)}, hidden={self.hidden_size}{form}, "
+            f"SteeringVector(layers={layer_span(self.layers)}, hidden={self.hidden_size}{form}, "
             f"method={self._meta.method!r}, model={model!r})"
         )
 
@@ -419,15 +289,6 @@ def _check_tensor(layer: int, tensor: object) -> torch.Tensor:
     return out
 
 
-def arch_name(architecture: str) -> str:
-    """A Hugging Face architecture class as the short name llama.cpp's ``cvector-generator``
-    and repeng write as ``controlvector.model_hint``: ``LlamaForCausalLM`` -> ``llama``."""
-    for suffix in ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "Model"):
-        if architecture.endswith(suffix) and architecture != suffix:
-            return architecture[: -len(suffix)].lower()
-    return architecture.lower()
-
-
 def add_aligned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b`` for directions of one layer; per-position ``(k, hidden)`` directions of
     different lengths are zero-padded to the longer, a plain ``(hidden,)`` one counts as one
@@ -444,10 +305,3 @@ def unit(t: torch.Tensor) -> torch.Tensor:
     """``t`` scaled to norm 1 along its last axis (zero rows stay zero)."""
     norm = t.norm(dim=-1, keepdim=True)
     return torch.where(norm > 0, t / norm.clamp_min(1e-30), t)
-
-
-def _span(layers: Iterable[int]) -> str:
-    layers = sorted(layers)
-    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))

@@ -94,7 +94,7 @@ class GlobalHookWrapper:
                 for h in handles:
                     h.remove()
         new = out[0, ids.shape[1] :].tolist()
-        eos = set(sm._eos_ids)
+        eos = set(sm.eos_token_ids)
         kept = next((new[:i] for i, t in enumerate(new) if t in eos), new)
         used = len(kept) + (1 if len(kept) < len(new) else 0)
         return sm.tokenizer.decode(kept, skip_special_tokens=True), used

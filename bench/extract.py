@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, summary, write
 
-from actsteer import SteeredModel, hooks, worker
+from actsteer import SteeredModel, worker
 from actsteer.extract import mean_diff, pca
 
 LAYERS = [6, 7, 8, 9, 10]
@@ -130,7 +130,7 @@ def plain_model(sm: SteeredModel) -> Iterator[None]:
     try:
         yield
     finally:
-        sm._handles = hooks.install(sm.stack, sm.layers)
+        sm.handle.reinstall()
 
 
 def as_directions(name: str, out: Any) -> dict[int, torch.Tensor]:

@@ -88,7 +88,7 @@ def main() -> None:
         out = worker.call(generate)
         took = time.perf_counter() - start
         if name == "a_no_hooks":
-            sm._handles = hooks.install(sm.stack, sm.layers)
+            sm.handle.reinstall()
         assert out.shape[1] - ids.shape[1] == args.tokens
         return args.tokens / took
 

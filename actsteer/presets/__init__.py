@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -280,6 +281,10 @@ def _valid(path: Path, sm: SteeredModel, preset: Preset) -> SteeringVector | Non
     return vec if vec.meta.extra.get("preset_hash") == preset.content_hash else None
 
 
+#: Each model's ready preset vectors, ``{(name, layers): vector}``; gone with the model.
+_READY: weakref.WeakKeyDictionary[Any, dict[tuple, SteeringVector]] = weakref.WeakKeyDictionary()
+
+
 def ready_vector(
     sm: SteeredModel,
     name: str,
@@ -293,7 +298,7 @@ def ready_vector(
     prepared vector, else ``PresetNotPreparedError`` (nothing is trained)."""
     preset = get(name)
     key = (name, None if layers is None else tuple(layers))
-    memo = sm.__dict__.setdefault("_preset_vectors", {})  # per model: resolve is per call
+    memo = _READY.setdefault(sm, {})  # per model: resolve is per call
     if key in memo:
         return memo[key]
     raw = load_or_extract(sm, preset, progress=progress) if prepare else read_vector(sm, preset)

@@ -33,8 +33,11 @@ def test_a_prompt_over_the_window_is_refused_on_every_engine_entry_point(engine)
     message = f"prompt is {n} tokens, max_new_tokens 4, window 2048"
     with pytest.raises(ContextWindowError, match=message):
         engine.generate([request])
+    ok = Request(_chat("hi"), options=GenerationOptions(max_new_tokens=4))
+    refused, served = engine.submit([request, ok])  # the row alone fails, in its future
     with pytest.raises(ContextWindowError):
-        engine.submit([request])
+        refused.result()
+    assert served.result().completion_tokens > 0
     with pytest.raises(ContextWindowError):
         asyncio.run(engine.agenerate([request]))
     with pytest.raises(ContextWindowError):
@@ -45,7 +48,6 @@ def test_a_prompt_over_the_window_is_refused_on_every_engine_entry_point(engine)
 
     with pytest.raises(ContextWindowError):
         asyncio.run(astream())
-    ok = Request(_chat("hi"), options=GenerationOptions(max_new_tokens=4))
     assert engine.generate([ok])[0].completion_tokens > 0  # and the engine serves on
 
 
@@ -58,6 +60,25 @@ def test_prompt_and_max_new_tokens_past_the_window_are_refused(engine):
     over = Request(prompt, options=GenerationOptions(max_new_tokens=2049 - n))
     with pytest.raises(ContextWindowError, match=f"lower max_new_tokens to {2048 - n}"):
         engine.generate([over])
+
+
+def test_an_over_long_row_of_a_batch_fails_alone(llama):
+    """The other rows of a batch go on: with ``return_exceptions=True`` the row over the window
+    comes back as its ContextWindowError, in place."""
+    from langchain_core.runnables import ConfigurableField
+
+    chat = ChatSteer(runtime=llama, max_tokens=4)
+    want = [chat.invoke("hi").content, chat.invoke("yo").content]
+    configurable = chat.configurable_fields(steering=ConfigurableField(id="steering"))
+    for model in (chat, configurable):
+        out = model.batch(["hi", LONG, "yo"], return_exceptions=True)
+        assert isinstance(out[1], ContextWindowError)
+        assert [out[0].content, out[2].content] == want
+        out = asyncio.run(model.abatch(["hi", LONG, "yo"], return_exceptions=True))
+        assert isinstance(out[1], ContextWindowError)
+        assert [out[0].content, out[2].content] == want
+    with pytest.raises(ContextWindowError):
+        chat.batch(["hi", LONG])
 
 
 def test_the_adapters_refuse_an_over_long_prompt(llama):

@@ -192,7 +192,7 @@ def test_packing_and_prefix_sharing_need_attention_only_layers():
 
 def test_a_caller_position_mask_of_the_wrong_shape_is_refused(sm):
     row = D.vector_row({1: torch.ones(sm.hidden_size)}, "prompt")
-    plan = sm._build_plan([(row, "t")], None, None)
+    plan = sm.handle.plan([(row, "t")])
     state = hooks.CallState(plan, position_masks={"prompt": torch.ones(1, 3, dtype=torch.bool)})
     ids = torch.tensor([[5, 6, 7, 8]])
     with hooks.activate(state), pytest.raises(GenerationError, match="position mask"):

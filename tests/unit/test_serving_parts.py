@@ -108,7 +108,7 @@ def test_remote_resolve_checks_on_the_client_and_sends_expressions():
         "layers": [3, 4],
         "operator": "ablate",
     }
-    assert ablate.describe() == "dogs [layers=3,4, operator=ablate, strength=1]"
+    assert ablate.describe() == "dogs [layers=3-4, operator=ablate, strength=1]"
     with pytest.raises(SteeringSpecError, match="unknown operator"):
         engine.resolve({"expression": "dogs", "operator": "multiply"})
     with pytest.raises(CoefficientError, match="ablation strength"):  # before anything is sent

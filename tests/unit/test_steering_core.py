@@ -186,7 +186,7 @@ def test_raw_calls_under_steer_take_each_sequences_own_prompt_and_padding(llama)
         with llama.steer(Steering(v, positions="generated")):
             llama.model(short)
             assert torch.equal(llama.model(long).logits, plain)  # a prompt: not generated
-        ids, mask = llama._pad([long[0].tolist(), short[0].tolist()])
+        ids, mask = llama.handle.pad([long[0].tolist(), short[0].tolist()])
         actadd = Steering(v, positions="actadd")
         with llama.steer(actadd):
             batch = llama.model(input_ids=ids, attention_mask=mask).logits

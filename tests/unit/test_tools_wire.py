@@ -14,7 +14,8 @@ from conftest import tiny_tokenizer
 from actsteer import GenerationOptions, Request
 from actsteer.constrain import Constraint
 from actsteer.prompts import render
-from actsteer.remote import RemoteEngine, _generation, _Said
+from actsteer.remote import RemoteEngine
+from actsteer.remote.replies import Said, generation
 from actsteer.tools import HERMES, tool_specs
 from actsteer.tools.template import generic_template
 from actsteer.tools.wire import CallPieces, openai_message, read_calls
@@ -130,7 +131,7 @@ def test_calls_are_read_and_bad_ones_are_invalid_calls():
     ]
     assert [(i.id, i.name) for i in invalid] == [("2", "nope"), ("3", "get_weather"), ("4", "now")]
     assert "no bound tool" in invalid[0].error and "JSON" in invalid[1].error
-    g = _generation(Request(CHATS[0], tools=TOOLS), " ok ", "tool_calls", None, (), raw[:1])
+    g = generation(Request(CHATS[0], tools=TOOLS), " ok ", "tool_calls", None, (), raw[:1])
     assert g.finish_reason == "tool_calls" and g.text == "ok" and g.tool_calls == calls[:1]
 
 
@@ -147,7 +148,7 @@ def test_a_streamed_call_is_put_together_from_its_pieces():
         chunk(calls=[NS(index=1, id="y", function=NS(name="now", arguments="{}"))]),
         chunk(finish="tool_calls"),
     ]
-    said = _Said()
+    said = Said()
     shown = "".join(said.add(c) for c in pieces)
     g = said.generation(Request(CHATS[0], tools=TOOLS, options=GenerationOptions()))
     assert shown == "Sure." and g.text == "Sure." and g.finish_reason == "tool_calls"

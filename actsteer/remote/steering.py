@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import resolve
-from .errors import SteeringSpecError
-from .expressions import Expression, parse
-from .vector import _span
+from .. import resolve
+from ..errors import SteeringSpecError
+from ..expressions import Expression, parse
+from ..labels import layer_span
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class RemoteSteering:
         terms = tuple(
             dataclasses.replace(t, coeff=t.coeff * scale) for t in parse(self.expression).terms
         )
-        opts = [f"layers={_span(self.layers)}"] if self.layers else []
+        opts = [f"layers={layer_span(self.layers)}"] if self.layers else []
         opts += [f"positions={self.positions}"] if self.positions not in (None, "all") else []
         opts += [f"operator={self.operator}"] if self.operator not in (None, "add") else []
         opts += [f"strength={self.coeff if self.coeff is not None else 1.0:g}"] if ablate else []

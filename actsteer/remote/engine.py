@@ -11,24 +11,24 @@ cannot travel (save them into the server's ``--vectors`` folder and name them ``
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from . import resolve
-from .engine import GenerationOptions, Request
-from .errors import ContextWindowError, GenerationError, SteeringSpecError, ToolSpecError
-from .expressions import Expression, parse
-from .generation import Generation
-from .prompts import Fitted, Prompt, fit
-from .remote_steering import RemoteSteering, merged
-from .spec import SteeringLike
-from .tools import wire
-from .tools.formats import HERMES, ToolFormat
-from .tools.spec import ToolSpec
+from .. import resolve
+from ..engine import GenerationOptions, Request
+from ..errors import ContextWindowError, GenerationError, SteeringSpecError, ToolSpecError
+from ..expressions import Expression, parse
+from ..generation import Generation
+from ..prompts import Fitted, Prompt, fit
+from ..spec import SteeringLike
+from ..tools import wire
+from ..tools.formats import HERMES, ToolFormat
+from ..tools.spec import ToolSpec
+from .replies import Said, calls_of, generation, noted, token_ids, whole
+from .steering import RemoteSteering, merged
 
 #: Requests in flight at once from one engine (vLLM batches concurrent requests).
 MAX_IN_FLIGHT = 64
@@ -191,7 +191,7 @@ class RemoteEngine:
     ) -> Iterator[str | Generation]:
         fitted = self._fit(request)
         chunks = self._create(self.client, request, stream=True, timeout=timeout, fitted=fitted)
-        said = _Said(self.tool_format)
+        said = Said(self.tool_format)
         try:
             for chunk in chunks:
                 if piece := said.add(chunk):
@@ -201,27 +201,27 @@ class RemoteEngine:
                     break
         finally:
             chunks.close()
-        yield _noted(said.generation(request), fitted)
+        yield noted(said.generation(request), fitted)
 
     async def astream(
         self, request: Request, *, timeout: float | None = 600.0
     ) -> AsyncIterator[str | Generation]:
         fitted = await asyncio.to_thread(self._fit, request)
         chunks = await self._acreate(request, stream=True, timeout=timeout, fitted=fitted)
-        said = _Said(self.tool_format)
+        said = Said(self.tool_format)
         try:
             async for chunk in chunks:
                 if piece := said.add(chunk):
                     yield piece
         finally:
             await chunks.close()
-        yield _noted(said.generation(request), fitted)
+        yield noted(said.generation(request), fitted)
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _acall(self, request: Request) -> Generation:
         fitted = await asyncio.to_thread(self._fit, request)
         reply = await self._acreate(request, stream=False, fitted=fitted)
-        return _noted(self._read(request, reply), fitted)
+        return noted(self._read(request, reply), fitted)
 
     def _fit(self, request: Request) -> Fitted | None:
         """The prompt as ``request.truncate`` makes it fit, counted with the server's
@@ -239,8 +239,8 @@ class RemoteEngine:
 
     def _read(self, request: Request, reply: Any) -> Generation:
         """A whole (non-stream) reply as the request's ``Generation``."""
-        ids, calls = _token_ids(reply), _calls(reply)
-        return _generation(request, *_whole(reply), reply.usage, ids, calls, self.tool_format)
+        ids, calls = token_ids(reply), calls_of(reply)
+        return generation(request, *whole(reply), reply.usage, ids, calls, self.tool_format)
 
     def _create(
         self, client: Any, request: Request, *, stream: bool, timeout=None, fitted=None
@@ -315,89 +315,6 @@ class RemoteEngine:
             if grammar is not None:
                 extra["structured_outputs"] = grammar.wire()
         return chat, kwargs
-
-
-class _Said:
-    """What a stream has said so far: its text, finish reason and usage."""
-
-    def __init__(self, fmt: ToolFormat = HERMES) -> None:
-        self.text, self.finish, self.usage = "", None, None
-        self.calls, self.fmt = wire.CallPieces(), fmt
-
-    def add(self, chunk: Any) -> str:
-        """Take in one SSE chunk; returns its new text."""
-        self.usage = chunk.usage or self.usage
-        if not chunk.choices:
-            return ""
-        choice = chunk.choices[0]
-        delta = getattr(choice, "delta", None)
-        piece = getattr(delta, "content", None) or getattr(choice, "text", "") or ""
-        self.calls.add(getattr(delta, "tool_calls", None))
-        self.finish = choice.finish_reason or self.finish
-        self.text += piece
-        return piece
-
-    def generation(self, request: Request) -> Generation:
-        calls = self.calls.whole()
-        return _generation(request, self.text, self.finish, self.usage, (), calls, self.fmt)
-
-
-def _noted(generation: Generation, fitted: Fitted | None) -> Generation:
-    """``generation`` with the prompt tokens its truncation left out."""
-    if fitted is None or not fitted.dropped_tokens:
-        return generation
-    return dataclasses.replace(generation, truncated_tokens=fitted.dropped_tokens)
-
-
-def _whole(reply: Any) -> tuple[str, str | None]:
-    choice = reply.choices[0]
-    message = getattr(choice, "message", None)
-    text = message.content if message is not None else choice.text
-    return text or "", choice.finish_reason
-
-
-def _calls(reply: Any) -> list[Any]:
-    """The tool calls vLLM's tool parser read from a reply."""
-    message = getattr(reply.choices[0], "message", None)
-    return list(getattr(message, "tool_calls", None) or ())
-
-
-def _token_ids(reply: Any) -> tuple[int, ...]:
-    """The generated ids vLLM returns with ``return_token_ids`` (empty if it did not)."""
-    choice = reply.choices[0]
-    ids = getattr(choice, "token_ids", None)
-    if ids is None and getattr(choice, "model_extra", None):
-        ids = choice.model_extra.get("token_ids")
-    return tuple(int(t) for t in ids or ())
-
-
-def _generation(
-    request: Request,
-    text: str,
-    finish: str | None,
-    usage: Any,
-    ids: tuple[int, ...] = (),
-    raw_calls: Sequence[Any] = (),
-    fmt: ToolFormat = HERMES,
-) -> Generation:
-    calls, invalid = wire.read_calls(raw_calls, request.tools)
-    if request.tools and request.tool_choice != "none" and not raw_calls and fmt.trigger in text:
-        # vLLM's parser gives up on a reply with a cut-off call: read it as the local engine
-        text, calls, invalid = fmt.parse(text, request.tools)
-    reason = finish if finish in ("stop", "length", "cancelled") else "stop"
-    if calls and reason == "stop":
-        reason = "tool_calls"
-    described = " + ".join(s.describe() for s in request.steering if not s.is_zero) or None
-    return Generation(
-        text.strip() if raw_calls else text,
-        int(getattr(usage, "prompt_tokens", 0) or 0),
-        int(getattr(usage, "completion_tokens", 0) or 0),
-        reason,  # type: ignore[arg-type]
-        described,
-        ids,
-        calls,
-        invalid,
-    )
 
 
 def _http(call: Any) -> Any:
