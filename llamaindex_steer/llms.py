@@ -13,12 +13,10 @@ and any call kwargs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -39,37 +37,33 @@ from llama_index.core.bridge.pydantic import (
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
-from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 from actsteer import SteeredModel, resolve
-from actsteer.call_options import CallOptions
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
 from actsteer.generation import Generation
-from actsteer.prompts import Prompt, check_budget, check_truncate, fit_template
+from actsteer.prompts import check_budget, check_truncate
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
 from actsteer.runtime.loading import check_model
-from actsteer.tools import tool_choice as normalise_choice
-from actsteer.tools import tool_specs
 
 from .calls import (
     aresponses,
-    as_engine_message,
     describe,
     has_chat_template,
     model_context_window,
     response,
     responses,
 )
+from .requests import Requests
 from .structured import StructuredOutput
-from .tools import ToolPolicy, openai_tools, prepare, selections, text_reply
+from .tools import FunctionCalling, ToolPolicy
 
 if TYPE_CHECKING:
-    from llama_index.core.tools.types import BaseTool
+    pass
 
 
-class SteerLLM(StructuredOutput, FunctionCallingLLM):
+class SteerLLM(StructuredOutput, FunctionCalling, Requests, FunctionCallingLLM):
     """A local Hugging Face causal LM as a LlamaIndex function-calling LLM, steerable per call.
 
     Setup:
@@ -361,97 +355,3 @@ class SteerLLM(StructuredOutput, FunctionCallingLLM):
             return (await self.engine.agenerate([request]))[0]
         futures = await asyncio.to_thread(self.engine.submit, [request])
         return (await deadline.aresults(futures, timeout))[0]
-
-    # -- tools ----------------------------------------------------------------------------------
-    def _prepare_chat_with_tools(
-        self,
-        tools: Sequence[BaseTool],
-        user_msg: str | ChatMessage | None = None,
-        chat_history: list[ChatMessage] | None = None,
-        verbose: bool = False,
-        allow_parallel_tool_calls: bool = False,
-        tool_required: bool = False,
-        tool_choice: Any = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """The ``chat`` kwargs of a tools step: ``messages``, ``tools`` (OpenAI dicts from
-        ``tool.metadata.to_openai_tool()``), ``tool_choice`` and ``parallel_tool_calls``."""
-        return prepare(
-            tools,
-            user_msg,
-            chat_history,
-            allow_parallel_tool_calls=allow_parallel_tool_calls,
-            tool_required=tool_required,
-            explicit_choice=tool_choice,
-            policy=self.tool_policy,
-            answer_steering=self.answer_steering,
-            kwargs=kwargs,
-        )
-
-    def get_tool_calls_from_response(
-        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
-    ) -> list[ToolSelection]:
-        """The reply's well-formed calls; none and ``error_on_no_tool_call``: ``ValueError``."""
-        return selections(response, error_on_no_tool_call)
-
-    # -- internals ------------------------------------------------------------------------------
-    def _request(
-        self,
-        kwargs: dict[str, Any],
-        *,
-        prompt: str | None = None,
-        formatted: bool = False,
-        messages: Sequence[ChatMessage] | None = None,
-    ) -> Request:
-        """Merge call kwargs over the fields into one engine request; the steering is resolved
-        here, once (it may read or extract preset vectors: async callers run this in a
-        thread)."""
-        fields = {
-            "steering": self.steering,
-            "steering_coeff": self.steering_coeff,
-            "steering_positions": self.steering_positions,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": self.stop,
-            "seed": self.seed,
-            "truncate": self.truncate,
-        }
-        call = CallOptions.merge(fields, kwargs, owner="SteerLLM")
-        if messages is not None:
-            engine_prompt = self._chat_prompt(messages)
-        else:
-            engine_prompt = self._completion_prompt(prompt or "", formatted)
-        tools = tool_specs(openai_tools(call.tools))
-        choice = normalise_choice(call.tool_choice, tools)
-        call = dataclasses.replace(call, tools=tools, tool_choice=choice)
-        text_only = None
-        if tools and choice == "none":  # a reply that cannot start a call
-            if self.base_url is None:
-                text_only = text_reply(self.steered_model.tokenizer)
-            else:
-                text_only = text_reply(None, self.engine.tool_format.trigger)
-        return call.request(self.engine, engine_prompt, constraint=text_only)
-
-    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
-        if self.messages_to_prompt not in (None, generic_messages):
-            return self.messages_to_prompt(messages)  # a user-supplied formatter: sent verbatim
-        plain = self.base_url is not None  # a server: call arguments as JSON text
-        return self._fitted([as_engine_message(m, plain) for m in messages])
-
-    def _completion_prompt(self, prompt: str, formatted: bool) -> Prompt:
-        if formatted:
-            return prompt
-        if self.completion_to_prompt not in (None, default_completion_to_prompt):
-            return self.completion_to_prompt(prompt)
-        if self.base_url is None and not has_chat_template(self.steered_model):
-            return f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return self._fitted([*system, {"role": "user", "content": prompt}])
-
-    def _fitted(self, chat: list[dict[str, Any]]) -> Prompt:
-        """In-process, the roles this model's chat template accepts (``fit_template``); a
-        server applies its own template."""
-        return (
-            chat if self.base_url is not None else fit_template(self.steered_model.tokenizer, chat)
-        )

@@ -16,6 +16,7 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.tools import BaseTool
 
 from actsteer.constrain import Constraint
 from actsteer.tools import format_for, tool_choice, tool_specs
@@ -140,3 +141,43 @@ def selections(response: ChatResponse, error_on_no_tool_call: bool) -> list[Tool
         "SteerLLM's reply holds no tool call (it answered in text); pass tool_required=True "
         "or a tool_choice to force one, or error_on_no_tool_call=False"
     )
+
+
+class FunctionCalling:
+    """``FunctionCallingLLM``'s two hooks for ``SteerLLM``: the chat kwargs of a tools step
+    (its ``tool_policy`` and ``answer_steering`` fields decide a step's choice) and the calls
+    of a response."""
+
+    tool_policy: ToolPolicy
+    answer_steering: Any
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The ``chat`` kwargs of a tools step: ``messages``, ``tools`` (OpenAI dicts from
+        ``tool.metadata.to_openai_tool()``), ``tool_choice`` and ``parallel_tool_calls``."""
+        return prepare(
+            tools,
+            user_msg,
+            chat_history,
+            allow_parallel_tool_calls=allow_parallel_tool_calls,
+            tool_required=tool_required,
+            explicit_choice=tool_choice,
+            policy=self.tool_policy,
+            answer_steering=self.answer_steering,
+            kwargs=kwargs,
+        )
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The reply's well-formed calls; none and ``error_on_no_tool_call``: ``ValueError``."""
+        return selections(response, error_on_no_tool_call)
