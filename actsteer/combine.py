@@ -52,7 +52,7 @@ def compile_row(
 def plan(
     rows: Sequence[Compiled],
     *,
-    prompt_len: int | None,
+    prompt_len: int | torch.Tensor | None,
     starts: torch.Tensor | None,
     devices: Mapping[int, torch.device],
     dtypes: Mapping[int, torch.dtype],

@@ -77,7 +77,9 @@ class Plan:
 
     layers: Mapping[int, tuple[LayerOp, ...]]
     batch_size: int
-    prompt_len: int | None = None
+    prompt_len: int | torch.Tensor | None = None
+    """Where the prompt ends: one column for the batch, or ``(B,)`` columns, one per row (rows
+    that joined a running batch at different steps, ``actsteer.schedule``)."""
     starts: torch.Tensor | None = None  # (B,) index of each row's first real prompt token
     descriptions: tuple[str, ...] = ()
 
@@ -90,7 +92,7 @@ class Plan:
         cls,
         rows: Sequence[RowSpec],
         *,
-        prompt_len: int | None = None,
+        prompt_len: int | torch.Tensor | None = None,
         starts: torch.Tensor | None = None,
         descriptions: Sequence[str] = (),
     ) -> Plan | None:
@@ -181,7 +183,7 @@ class CallState:
     plan: Plan | None
     capture_layers: frozenset[int] = frozenset()
     stop_after: int | None = None
-    prompt_len: int | None = None
+    prompt_len: int | torch.Tensor | None = None
     masks: dict[str, torch.Tensor | None] = field(default_factory=dict)
     rel: torch.Tensor | None = None
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -212,6 +214,10 @@ class CallState:
             )
         pos = torch.arange(past, past + length, device=pad_mask.device)
         prompt = self.prompt_len if self.prompt_len is not None else past + length
+        if isinstance(prompt, torch.Tensor):  # each row's own prompt end
+            in_prompt = pos[None, :] < prompt.to(pad_mask.device, torch.long)[:, None]
+        else:
+            in_prompt = (pos < prompt)[None, :]
         self.masks = {}
         given = self.position_masks or {}
         for mode in plan.modes:
@@ -225,9 +231,9 @@ class CallState:
             elif mode == "all":
                 m = pad_mask
             elif mode == "prompt":
-                m = pad_mask & (pos < prompt)[None, :]
+                m = pad_mask & in_prompt
             elif mode == "generated":
-                m = pad_mask & (pos >= prompt)[None, :]
+                m = pad_mask & ~in_prompt
             else:
                 if plan.starts is None and past == 0:  # raw calls: each row's leading pads
                     self.starts = (~pad_mask).long().cumprod(dim=1).sum(dim=1)
@@ -240,7 +246,7 @@ class CallState:
                     for op in ops
                     if op.positions == "actadd"
                 )
-                m = pad_mask & (rel >= 0) & (rel < n) & (pos < prompt)[None, :]
+                m = pad_mask & (rel >= 0) & (rel < n) & in_prompt
                 self.rel = rel
             self.masks[mode] = m.unsqueeze(-1).float() if bool(m.any()) else None
 

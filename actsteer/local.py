@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import combine, resolve, worker
@@ -28,6 +29,8 @@ from .generation import (
 from .prompts import Prompt, context_window, fit
 from .runtime.replies import decode_reply, until_eos
 from .runtime.rows import Rows, finish, generate_rows
+from .schedule.batch import supports_joining
+from .schedule.loop import Run
 from .spec import Steering, SteeringLike
 from .tools.formats import format_for, shown_content
 from .tools.spec import ToolSpec
@@ -45,6 +48,7 @@ class LocalEngine:
     def __init__(self, sm: SteeredModel) -> None:
         self.sm = sm
         self._grammars: Grammars | None = None
+        self._joining: bool | None = None
         self._observers: list[tuple[Callable[[int], None] | None, Callable | None]] = []
 
     @property
@@ -187,10 +191,11 @@ class LocalEngine:
         groups: dict[GenerationOptions, list[int]] = {}
         for i, r in enumerate(checked(requests)):
             groups.setdefault(r.options, []).append(i)
+        joining = self.joining
         jobs = []
         for options, index in groups.items():
             job = worker.Job(
-                key=(id(self), options),
+                key=(id(self),) if joining else (id(self), options),
                 rows=len(index),
                 run=self._run,
                 payload=Rows([requests[i] for i in index], index),
@@ -233,7 +238,22 @@ class LocalEngine:
             self._grammars = Grammars(self.sm.tokenizer, vocab, self.sm.eos_token_ids)
         return self._grammars.compile(constraint)
 
+    @property
+    def joining(self) -> bool:
+        """Whether calls join running batches (continuous batching, ``actsteer.schedule``):
+        any options, at any decode step. Models whose KV cache cannot take rows in and out
+        (sliding-window, recurrent) merge only calls that wait together with equal options."""
+        if self._joining is None:
+            self._joining = worker.call(partial(supports_joining, self.sm.handle))
+        return self._joining
+
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
+        """Run a merged group on the worker; one list of rows per job."""
+        if self.joining:
+            return Run(self.sm.handle, self._grammars, group[0].key, self._observers).run(group)
+        return self._run_whole(group)
+
+    def _run_whole(self, group: list[worker.Job]) -> list[list[Generation]]:
         """One generate for a merged group (on the worker); one list of rows per job."""
         batch = Rows([], encoded=[], dropped=[], compiled=[], grammars=[])
         cancels: list[CallCancel] = []

@@ -85,6 +85,7 @@ class _Worker:
         """Jobs and calls queued and not yet started (``waiting()``)."""
         self._running: list[Job | _Call] = []
         self._exiting = False
+        self._held: collections.deque[Job | _Call] = collections.deque()
 
     def here(self) -> bool:
         """Whether the calling thread is the worker (whose calls run directly)."""
@@ -101,8 +102,26 @@ class _Worker:
             self.waiting += len(item) if isinstance(item, list) else 1
         self._queue.put(item)
 
+    def joiners(self, key: Hashable, room: int) -> list[Job]:
+        """Jobs with ``key`` waiting now, prepared and started, up to ``room`` rows: rows that
+        join a run at its next step (continuous batching, on the worker only). None while
+        other work (a ``_Call``) waits, so a stream of arrivals never starves it."""
+        held = self._held
+        while True:
+            try:
+                _hold(held, self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if room <= 0 or self._exiting or any(isinstance(item, _Call) for item in held):
+            return []
+        before = len(held)
+        joined = _take_group(held, key=key, room=room)
+        self._started(before - len(held))
+        self._running.extend(joined)
+        return joined
+
     def _loop(self) -> None:
-        held: collections.deque[Job | _Call] = collections.deque()
+        held = self._held
         while True:
             group: list[Job] = []
             try:
@@ -176,16 +195,19 @@ def _run_call(call: _Call) -> None:
         call.future.set_result(result)
 
 
-def _take_group(held: collections.deque[Job | _Call]) -> list[Job]:
-    """The oldest job and every later one that can share its generate, prepared; cancelled
-    jobs are dropped and jobs with invalid input fail alone."""
+def _take_group(
+    held: collections.deque[Job | _Call], *, key: Hashable = None, room: int | None = None
+) -> list[Job]:
+    """The oldest job (or the oldest with ``key``) and every later one that can share its
+    generate, up to ``room`` rows, prepared; cancelled jobs are dropped and jobs with invalid
+    input fail alone."""
     group: list[Job] = []
     rows = 0
-    key = None
+    room = MAX_MERGED_ROWS if room is None else room
     for job in list(held):
         if not isinstance(job, Job):
             continue
-        if key is not None and (job.key != key or rows + job.rows > MAX_MERGED_ROWS):
+        if key is not None and (job.key != key or rows + job.rows > room):
             continue
         held.remove(job)
         if not job.future.set_running_or_notify_cancel():  # its caller has gone
@@ -208,6 +230,7 @@ def _run_group(group: list[Job]) -> None:
     try:
         results = group[0].run(group)
     except BaseException as exc:
+        group = [job for job in group if not job.future.done()]  # a run may finish jobs early
         retry = isinstance(exc, Exception) and len(group) > 1
         for job in group:
             if not (retry and job.retry_alone):
@@ -218,7 +241,8 @@ def _run_group(group: list[Job]) -> None:
                     _run_group([job])
         return
     for job, result in zip(group, results, strict=True):
-        job.future.set_result(result)
+        if not job.future.done():  # a continuous run sets each job's result as it ends
+            job.future.set_result(result)
 
 
 _WORKER = _Worker()
@@ -239,6 +263,14 @@ def submit(*jobs: Job) -> list[Future]:
     """Queue ``jobs`` together (they may all merge); each future gets its job's result."""
     _WORKER.submit(list(jobs))
     return [job.future for job in jobs]
+
+
+def joiners(key: Hashable, room: int) -> list[Job]:
+    """On the worker, inside a run: the jobs with ``key`` that arrived meanwhile (prepared,
+    at most ``room`` rows), to join the run at its next step."""
+    if not _WORKER.here():
+        raise RuntimeError("worker.joiners is for runs on actsteer's generation thread")
+    return _WORKER.joiners(key, room)
 
 
 def wait(job: Job) -> Any:

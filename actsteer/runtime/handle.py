@@ -79,7 +79,7 @@ class ModelHandle:
     def plan(
         self,
         compiled: Sequence[combine.Compiled],
-        prompt_len: int | None = None,
+        prompt_len: int | torch.Tensor | None = None,
         starts: torch.Tensor | None = None,
     ) -> hooks.Plan | None:
         """The hook plan for rows of compiled steering (``combine.plan``), on each layer's

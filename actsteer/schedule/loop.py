@@ -1,0 +1,138 @@
+"""The continuous-batching loop of the local engine, on the generation thread.
+
+A run starts with the jobs the worker merged, and at every decode step takes the jobs that
+arrived meanwhile (``worker.joiners``: any options, same engine) into the running batch: they
+are prefilled and choose their first token at once, then decode with the others. A row that
+ends (EOS, its ``max_new_tokens``, a stop string, its grammar, its cancel) leaves at that step,
+and its job's future is set as soon as all of the job's rows have ended, so nobody waits for a
+longer neighbour. The run ends when no row is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .. import worker
+from ..constrain.decode import Grammars
+from ..generation import Generation
+from ..runtime.handle import ModelHandle
+from .batch import RunningBatch
+from .row import LiveRow
+
+
+class Run:
+    """One continuous run: its batch, the jobs it holds, and each job's finished rows."""
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        grammars: Grammars | None,
+        key: Any,
+        observers: Sequence[tuple[Callable | None, Callable | None]] = (),
+    ) -> None:
+        self.handle, self.grammars, self.key = handle, grammars, key
+        self.observers = observers
+        """The engine's observers, read as each event happens (one added mid-run counts)."""
+        self.batch = RunningBatch(handle)
+        self.jobs: dict[worker.Job, list[Generation | None]] = {}
+
+    def run(self, group: list[worker.Job]) -> list[list[Generation]]:
+        """Generate ``group`` and every job that joins, until no row is left; returns the
+        group's rows (joiners' futures are set here)."""
+        with torch.inference_mode():  # the rows' processors work on the forward's logits
+            return self._run(group)
+
+    def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
+        try:
+            self._admit(group, retry_alone=False)
+            while self.batch.rows:
+                self._leave([i for i, r in enumerate(self.batch.rows) if r.cancel.is_set()])
+                if self.batch.rows:
+                    logits = self.batch.step()
+                    for row, scores in zip(self.batch.rows, logits, strict=True):
+                        row.take(row.choose(scores))
+                    self._leave([i for i, r in enumerate(self.batch.rows) if r.ended])
+                room = worker.MAX_MERGED_ROWS - len(self.batch.rows)  # more wait
+                joined = worker.joiners(self.key, room) if room > 0 else []
+                if joined:
+                    self._admit(joined, retry_alone=True)
+        except BaseException as exc:
+            for job in self.jobs:
+                for stream in _streams(job):
+                    stream.end()
+                if job not in group and not job.future.done():
+                    job.future.set_exception(exc)
+            raise
+        finally:
+            for job in self.jobs:
+                for stream in _streams(job):
+                    stream.end()  # a consumer never waits on a row that will not come
+        return [[g for g in self.jobs[job] if g is not None] for job in group]
+
+    def _admit(self, jobs: list[worker.Job], *, retry_alone: bool) -> None:
+        """Prefill the jobs' rows together and give each its first token. When joiners fail
+        to prefill together (say, out of memory), each gets its own try; one that fails alone
+        fails its own call, and the running rows go on."""
+        rows = [row for job in jobs for row in self._rows(job)]
+        try:
+            for before, _ in list(self.observers):
+                if before is not None:
+                    before(len(rows))
+            logits = self.batch.prefill(rows)
+        except Exception as exc:
+            if not retry_alone:
+                raise
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._admit([job], retry_alone=True)
+                return
+            for job in jobs:
+                self.jobs.pop(job, None)
+                for stream in _streams(job):
+                    stream.end()
+                job.future.set_exception(exc)
+            return
+        for row, scores in zip(rows, logits, strict=True):
+            row.take(row.choose(scores))
+        self._leave([i for i, r in enumerate(self.batch.rows) if r.ended])
+
+    def _rows(self, job: worker.Job) -> list[LiveRow]:
+        rows = job.payload
+        self.jobs[job] = [None] * len(rows.requests)
+        stream = rows.stream
+        return [
+            LiveRow.of(
+                self.handle, self.grammars, job, i, (rows.grammars or [None] * 99)[i],
+                stream if i == 0 else None,
+            )
+            for i in range(len(rows.requests))
+        ]  # fmt: skip
+
+    def _leave(self, ended: Sequence[int]) -> None:
+        """Rows at ``ended`` leave the batch; jobs whose rows have all ended get their result."""
+        if not ended:
+            return
+        gone = set(ended)
+        finished = []
+        for i in ended:
+            row = self.batch.rows[i]
+            generation = row.finished(self.handle)
+            if row.stream is not None and not row.stream.row_done:
+                row.stream.end_row()
+            self.jobs[row.job][row.slot] = generation
+            finished.append(generation)
+        self.batch.keep([i for i in range(len(self.batch.rows)) if i not in gone])
+        for _, after in list(self.observers):
+            if after is not None:
+                after(finished)
+        for job, results in self.jobs.items():
+            if all(g is not None for g in results) and not job.future.done():
+                job.future.set_result(results)
+
+
+def _streams(job: worker.Job) -> list[Any]:
+    stream = getattr(job.payload, "stream", None)
+    return [stream] if stream is not None else []

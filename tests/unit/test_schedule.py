@@ -1,0 +1,230 @@
+"""Continuous batching (``actsteer.schedule``): calls join a running batch at a decode step and
+leave it the step they end. Every row still gives exactly what the same request gives alone,
+whatever joins or leaves beside it. Joins are timed by the model's own forward passes (a hook
+submits the next request at a chosen step), never by sleeps."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+from conftest import random_vector
+
+from actsteer import GenerationOptions, Request, Steering, worker
+from actsteer.schedule.batch import supports_joining
+
+PROMPTS = [
+    "hello there",
+    "a much longer prompt with many more tokens in it than the others",
+    "hi",
+    "x y z",
+    "steering vectors for everyone",
+    "ok",
+]
+
+
+def _settings(sm):
+    v = random_vector(sm, [1, 2], 3.0)
+    w = random_vector(sm, [2, 3], 2.0, seed=5)
+    return [
+        None,
+        Steering(v),
+        Steering(v, positions="generated"),
+        Steering(w, positions="prompt"),
+        Steering(w, 1.0, operator="ablate"),
+        Steering(v, operator="add_norm_preserving"),
+        Steering(v, 4.0, positions="actadd"),
+    ]
+
+
+def _requests(sm, n: int, seed: int) -> list[Request]:
+    rng = random.Random(seed)
+    settings = _settings(sm)
+    out = []
+    for i in range(n):
+        steering = settings[rng.randrange(len(settings))]
+        options = GenerationOptions(max_new_tokens=rng.choice([3, 8, 16, 24]))
+        resolved = sm.resolve(steering) if steering is not None else ()
+        out.append(Request(PROMPTS[i % len(PROMPTS)] + f" {i}", resolved, options))
+    return out
+
+
+class _JoinAt:
+    """Submits ``requests[i]`` from inside the model's forward number ``steps[i]`` (on the
+    generation thread), so it joins the running batch at the next step boundary."""
+
+    def __init__(self, sm, requests, steps) -> None:
+        self.sm, self.plan = sm, sorted(zip(steps, range(len(requests)), strict=True))
+        self.requests, self.futures = requests, {}
+        self.forwards = 0
+        self.handle = sm.model.register_forward_hook(self._hook)
+
+    def _hook(self, *_: object) -> None:
+        self.forwards += 1
+        while self.plan and self.plan[0][0] <= self.forwards:
+            _, i = self.plan.pop(0)
+            (self.futures[i],) = self.sm.engine.submit([self.requests[i]])
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def test_the_tiny_models_take_rows_in_and_out(llama):
+    assert supports_joining(llama.handle) and llama.engine.joining
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rows_that_join_at_random_steps_equal_the_same_requests_alone(llama, seed):
+    requests = _requests(llama, 8, seed)
+    alone = [llama.engine.generate([r])[0] for r in requests]
+    assert len({len(g.token_ids) for g in alone}) > 1  # early finishers among them
+    rng = random.Random(seed)
+    joins = _JoinAt(llama, requests[1:], [rng.randrange(1, 30) for _ in requests[1:]])
+    sizes: list[int] = []
+    remove = llama.engine.observe(sizes.append)
+    try:
+        first = llama.engine.generate([requests[0]])[0]
+        while joins.plan:  # the first row ended before every join step: start another run
+            llama.engine.generate([Request("again", (), GenerationOptions(max_new_tokens=30))])
+        together = [first] + [joins.futures[i].result(60) for i in range(len(requests) - 1)]
+    finally:
+        joins.close()
+        remove()
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert len(sizes) > 1  # rows were admitted step by step, not all at once
+
+
+def test_a_row_cancelled_mid_run_stops_and_its_neighbours_go_on(llama):
+    long = GenerationOptions(max_new_tokens=40)
+    requests = [Request(p, (), long) for p in PROMPTS[:3]]
+    alone = [llama.engine.generate([r])[0] for r in requests]
+    forwards = 0
+    futures: list = []
+
+    def cancel_the_middle_one(*_: object) -> None:
+        nonlocal forwards
+        forwards += 1
+        if forwards == 6:
+            futures[1].cancel()  # from the generation thread itself, between two steps
+
+    handle = llama.model.register_forward_hook(cancel_the_middle_one)
+    try:
+        futures.extend(llama.engine.submit(requests))
+        got = [futures[0].result(60), futures[2].result(60)]
+    finally:
+        handle.remove()
+    assert futures[1].cancelled()
+    assert [g.token_ids for g in got] == [alone[0].token_ids, alone[2].token_ids]
+
+
+def test_a_stream_starts_at_once_and_equals_generate_when_it_joins_a_run(llama):
+    long = Request("a long one", (), GenerationOptions(max_new_tokens=60))
+    short = Request("stream me", (), GenerationOptions(max_new_tokens=12))
+    want = llama.engine.generate([short])[0]
+    pieces: list = []
+    started = threading.Event()
+
+    def stream_from_another_thread(*_: object) -> None:
+        if not started.is_set():
+            started.set()
+            threading.Thread(
+                target=lambda: pieces.extend(llama.engine.stream(short)), daemon=True
+            ).start()
+
+    handle = llama.model.register_forward_hook(stream_from_another_thread)
+    try:
+        (running,) = llama.engine.submit([long])
+        running.result(60)
+    finally:
+        handle.remove()
+    for _ in range(600):
+        if pieces and not isinstance(pieces[-1], str):
+            break
+        threading.Event().wait(0.05)
+    final = pieces[-1]
+    assert "".join(p for p in pieces[:-1]) == want.text == final.text
+    assert final.token_ids == want.token_ids
+
+
+def test_seeded_sampling_is_the_same_whoever_shares_the_steps(llama):
+    sampled = Request("tell me", (), GenerationOptions(max_new_tokens=16, temperature=0.9, seed=7))
+    alone = llama.engine.generate([sampled])[0]
+    others = [Request(p, (), GenerationOptions(max_new_tokens=20)) for p in PROMPTS[:4]]
+    joins = _JoinAt(llama, [sampled], [5])
+    try:
+        llama.engine.generate(others)
+        got = joins.futures[0].result(60)
+    finally:
+        joins.close()
+    assert got.token_ids == alone.token_ids
+
+
+def test_a_soak_of_mixed_requests_leaves_no_row_contaminated(llama):
+    """500 requests with mixed steering and lengths, arriving in waves while others run:
+    each equals its request alone (steered rows never leak into their neighbours)."""
+    requests = _requests(llama, 500, seed=11)
+    by_key: dict = {}
+    for r in requests:
+        by_key.setdefault(r.key(), r)
+    alone = {k: llama.engine.generate([r])[0].token_ids for k, r in by_key.items()}
+    rng = random.Random(3)
+    joins = _JoinAt(llama, requests[50:], [rng.randrange(1, 400) for _ in requests[50:]])
+    try:
+        first = llama.engine.generate(requests[:50])
+        while joins.plan:
+            llama.engine.generate([Request("again", (), GenerationOptions(max_new_tokens=24))])
+        rest = [joins.futures[i].result(120) for i in range(len(requests) - 50)]
+    finally:
+        joins.close()
+    got = first + rest
+    bad = [i for i, (r, g) in enumerate(zip(requests, got)) if g.token_ids != alone[r.key()]]
+    assert not bad, f"{len(bad)} contaminated rows, first {bad[:5]}"
+
+
+def test_rows_beyond_the_cap_wait_for_a_row_to_leave(llama, monkeypatch):
+    monkeypatch.setattr(worker, "MAX_MERGED_ROWS", 3)
+    requests = _requests(llama, 9, seed=4)
+    alone = [llama.engine.generate([r])[0].token_ids for r in requests]
+    live: list[int] = []
+    handle = llama.model.register_forward_pre_hook(
+        lambda m, args, kwargs: live.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = [g.token_ids for g in llama.engine.generate(requests)]
+    finally:
+        handle.remove()
+    assert got == alone
+    assert max(live) <= 3
+
+
+def test_a_model_whose_cache_cannot_take_rows_keeps_whole_batch_generate(llama, monkeypatch):
+    """Sliding-window or recurrent caches: calls still merge (equal options), never join."""
+    engine = llama.engine
+    monkeypatch.setattr(engine, "_joining", False)
+    requests = _requests(llama, 4, seed=9)
+    alone = [engine.generate([r])[0].token_ids for r in requests]
+    assert [g.token_ids for g in engine.generate(requests)] == alone
+
+
+def test_kv_columns_that_every_row_pads_are_cut(llama):
+    """A long prompt that leaves must not keep its width: the batch narrows to what the
+    remaining rows need."""
+    from actsteer.schedule.batch import RunningBatch
+
+    widths: list[int] = []
+    original = RunningBatch.step
+
+    def spy(self):
+        widths.append(self.width)
+        return original(self)
+
+    RunningBatch.step = spy  # type: ignore[method-assign]
+    try:
+        long = Request("word " * 60, (), GenerationOptions(max_new_tokens=2))
+        short = Request("hi", (), GenerationOptions(max_new_tokens=20))
+        llama.engine.generate([long, short])
+    finally:
+        RunningBatch.step = original  # type: ignore[method-assign]
+    assert widths[0] >= 300 and widths[-1] < 40
