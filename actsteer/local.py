@@ -247,6 +247,13 @@ class LocalEngine:
             self._joining = worker.call(partial(supports_joining, self.sm.handle))
         return self._joining
 
+    @joining.setter
+    def joining(self, on: bool) -> None:
+        """Turn continuous batching off (``False``: calls merge only when they wait together
+        with equal options, as before it existed; benchmarks compare the two) or back on where
+        the model supports it. Calls already queued keep the mode they were made in."""
+        self._joining = bool(on) and worker.call(partial(supports_joining, self.sm.handle))
+
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """Run a merged group on the worker; one list of rows per job."""
         if self.joining:

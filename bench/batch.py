@@ -12,6 +12,12 @@ Sixteen chat requests, each with one of four steering settings, on the embedded 
       generation thread merges the calls that wait together (the first runs alone while the
       others queue, so expect two generates)
   (g) a thread pool of 16 ``invoke`` calls, each with its own steering: merged the same way
+  (h), (i): (f) and (g) with continuous batching off (``engine.joining = False``): only calls
+      that wait together with equal options merge, as before ``actsteer.schedule`` existed
+With ``--arrivals``, requests also arrive as a Poisson process (``--rate`` per second for
+``--duration`` seconds, mixed steering, streamed so time to first token is seen), once with
+continuous batching and once without, and a ``--soak`` of short requests records the process's
+resident memory every 100 requests; KV cache bytes per token of one row are reported.
 Outputs of (b) to (g) are checked equal (greedy decoding). Throughput counts generated
 tokens per second; conditions are interleaved round by round. Because steered rows end (EOS) at
 other lengths than unsteered ones, a batch's useful tokens per decode step differ between (a) and
@@ -114,6 +120,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--arrivals", action="store_true", help="Poisson arrivals and a soak")
+    parser.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
+    parser.add_argument("--soak", type=int, default=1000, help="requests in the memory soak")
     args = parser.parse_args()
 
     sm = SteeredModel.shared(None)
@@ -173,6 +183,16 @@ def main() -> None:
             )
         return [m.content for m in msgs], sum(m.usage_metadata["output_tokens"] for m in msgs)
 
+    def whole_batch(fn):
+        def run() -> tuple[list[str], int]:
+            sm.engine.joining = False
+            try:
+                return fn()
+            finally:
+                sm.engine.joining = True
+
+        return run
+
     conditions = {
         "a_ceiling_unsteered_batch": ceiling,
         "b_chatsteer_batch_mixed": batched,
@@ -181,6 +201,8 @@ def main() -> None:
         "e_chatsteer_abatch_mixed": abatched,
         "f_asyncio_gather_ainvoke": gathered,
         "g_thread_pool_invoke": pooled,
+        "h_asyncio_gather_whole_batch_worker": whole_batch(gathered),
+        "i_thread_pool_whole_batch_worker": whole_batch(pooled),
     }
     for s in SETTINGS:  # resolve presets (extraction, first use only), warm up the paths
         sm.resolve(s)
@@ -231,8 +253,14 @@ def main() -> None:
         "decode_steps_per_s": {n: summary(v) for n, v in step_rates.items()},
         "steps_ratio_b_vs_ceiling": summary(step_rates["b_chatsteer_batch_mixed"])["median"]
         / summary(step_rates["a_ceiling_unsteered_batch"])["median"],
-        "targets": {"b_chatsteer_batch_mixed_vs_ceiling": 0.9},
+        "targets": {
+            "b_chatsteer_batch_mixed_vs_ceiling": 0.9,
+            "f_asyncio_gather_ainvoke_vs_ceiling": 0.9,
+            "g_thread_pool_invoke_vs_ceiling": 0.9,
+        },
     }
+    if args.arrivals:
+        result["arrivals"] = arrivals(chat, args)
     path = write("batch", result)
     plot(result)
     print(
@@ -245,6 +273,116 @@ def main() -> None:
             f"{result['ratio_vs_ceiling'][name]:.2f}x ceiling  "
             f"{result['ratio_vs_sequential'][name]:.2f}x sequential"
         )
+
+
+def arrivals(chat: ChatSteer, args: argparse.Namespace) -> dict:
+    """Poisson arrivals with and without continuous batching (same arrival times, same
+    requests), then a memory soak."""
+    import random
+
+    rng = random.Random(0)
+    times, t = [], 0.0
+    while True:
+        t += rng.expovariate(args.rate)
+        if t > args.duration:
+            break
+        times.append(t)
+    jobs = [
+        (times[i], QUESTIONS[i % len(QUESTIONS)], SETTINGS[i % len(SETTINGS)])
+        for i in range(len(times))
+    ]
+    sm = chat.runtime
+    assert sm is not None
+    out: dict = {"rate_per_s": args.rate, "duration_s": args.duration, "requests": len(jobs)}
+    for mode in ("continuous", "whole_batch_worker"):
+        sm.engine.joining = mode == "continuous"
+        try:
+            latencies, ttfts = asyncio.run(_arrive(chat, jobs))
+        finally:
+            sm.engine.joining = True
+        out[mode] = {
+            "latency_s": _percentiles(latencies),
+            "ttft_s": _percentiles(ttfts),
+        }
+        print(f"arrivals {mode}: ttft {out[mode]['ttft_s']}, latency {out[mode]['latency_s']}")
+    # one decode step and one prefill of a typical prompt, alone, for the TTFT target
+    prompt = [{"role": "user", "content": QUESTIONS[0]}]
+    chat.invoke(QUESTIONS[0], max_tokens=1)  # warm
+    start = time.perf_counter()
+    for _ in range(3):
+        chat.invoke(QUESTIONS[0], max_tokens=1)
+    prefill = (time.perf_counter() - start) / 3
+    start = time.perf_counter()
+    g = sm.generate_detailed(prompt, None, max_new_tokens=33)
+    step_s = (time.perf_counter() - start - prefill) / max(g.completion_tokens - 1, 1)
+    out["alone"] = {"prefill_s": prefill, "decode_step_s": step_s}
+    out["target_p95_ttft_s"] = prefill + 2 * step_s
+    out["kv_bytes_per_token_per_row"] = _kv_bytes_per_token(sm)
+    out["soak"] = _soak(chat, args.soak)
+    return out
+
+
+async def _arrive(chat: ChatSteer, jobs: list) -> tuple[list[float], list[float]]:
+    start = time.perf_counter()
+
+    async def one(at: float, question: str, steering: str | None) -> tuple[float, float]:
+        await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
+        sent = time.perf_counter()
+        first = None
+        async for _ in chat.astream(question, steering=steering):
+            first = first or time.perf_counter()
+        done = time.perf_counter()
+        return done - sent, (first or done) - sent
+
+    results = await asyncio.gather(*(one(*job) for job in jobs))
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+async def _wave(chat: ChatSteer, batch: list) -> None:
+    await asyncio.gather(*(chat.ainvoke(q, steering=s, max_tokens=8) for q, s in batch))
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "max": ordered[-1],
+    }
+
+
+def _kv_bytes_per_token(sm: SteeredModel) -> int:
+    config = sm.model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    size = next(sm.model.parameters()).element_size()
+    return 2 * sm.num_layers * heads * head_dim * size
+
+
+def _soak(chat: ChatSteer, n: int) -> dict:
+    """``n`` short mixed requests, 16 at a time; resident memory every 100 requests."""
+    import resource
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+
+    marks = [(0, rss_mb())]
+    done = 0
+    while done < n:
+        batch = [(QUESTIONS[(done + i) % 8], SETTINGS[(done + i) % 4]) for i in range(16)]
+
+        asyncio.run(_wave(chat, batch))
+        done += len(batch)
+        if done % 112 == 0 or done >= n:
+            marks.append((done, rss_mb()))
+    print(f"soak: rss MB {marks}")
+    return {
+        "requests": done,
+        "rss_mb": marks,
+        "growth_mb_after_first_100": marks[-1][1] - marks[1][1],
+    }
 
 
 def plot(result: dict) -> None:

@@ -55,8 +55,9 @@ def _prompt_len(request: Any) -> int | None:
     return int(embeds.shape[0]) if embeds is not None else None
 
 
-def patch() -> None:
-    """Check steered requests and salt their cache keys in ``InputProcessor`` (idempotent)."""
+def patch(*, steering: bool = True) -> None:
+    """Check steered requests and salt their cache keys in ``InputProcessor`` (idempotent);
+    ``steering=False`` (no serve bundle): refuse every steered request instead."""
     global _PATCHED
     if _PATCHED:
         return
@@ -69,6 +70,13 @@ def patch() -> None:
         request = process_inputs(self, *args, **kwargs)
         params = request.sampling_params
         spec = (params.extra_args or {}).get(XARG) if params is not None else None
+        if spec is not None and not steering:
+            raise VLLMValidationError(
+                "actsteer: this server steers nothing (it was not started with `actsteer "
+                "serve`); send the request without vllm_xargs.actsteer",
+                parameter=f"vllm_xargs.{XARG}",
+                value=spec,
+            )
         if spec is not None:
             try:
                 request.cache_salt = salt_for(spec, request.cache_salt, _prompt_len(request))

@@ -199,13 +199,17 @@ def test_rows_beyond_the_cap_wait_for_a_row_to_leave(llama, monkeypatch):
     assert max(live) <= 3
 
 
-def test_a_model_whose_cache_cannot_take_rows_keeps_whole_batch_generate(llama, monkeypatch):
+def test_a_model_whose_cache_cannot_take_rows_keeps_whole_batch_generate(llama):
     """Sliding-window or recurrent caches: calls still merge (equal options), never join."""
     engine = llama.engine
-    monkeypatch.setattr(engine, "_joining", False)
-    requests = _requests(llama, 4, seed=9)
-    alone = [engine.generate([r])[0].token_ids for r in requests]
-    assert [g.token_ids for g in engine.generate(requests)] == alone
+    engine.joining = False
+    try:
+        requests = _requests(llama, 4, seed=9)
+        alone = [engine.generate([r])[0].token_ids for r in requests]
+        assert [g.token_ids for g in engine.generate(requests)] == alone
+    finally:
+        engine.joining = True
+    assert engine.joining
 
 
 def test_kv_columns_that_every_row_pads_are_cut(llama):

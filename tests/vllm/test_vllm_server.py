@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from pathlib import Path
 
@@ -536,3 +537,58 @@ def test_a_server_whose_runner_is_not_armed_refuses_to_serve(vllm_python, tmp_pa
     with pytest.raises(RuntimeError, match="server exited"):
         launch.start(vllm_python, tmp_path / "log", cwd=root, env={"VLLM_PLUGINS": "none"})
     assert "answered a steered request unsteered" in (tmp_path / "log").read_text()
+
+
+def test_a_plain_vllm_serve_with_actsteer_installed_serves_unsteered_and_refuses_steering(
+    vllm_python, real, tmp_path
+):
+    """vLLM loads installed plugins into every server: without ``actsteer serve``'s bundle the
+    plugin steers nothing, says so once, serves unsteered requests, and refuses steered ones
+    with HTTP 400 (never serves them unsteered)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from actsteer.default_model import ensure_converted
+
+    port = launch.free_port()
+    log = tmp_path / "plain.log"
+    command = [
+        str(vllm_python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(ensure_converted(progress=False)), "--served-model-name", MODEL,
+        "--host", "127.0.0.1", "--port", str(port), *launch.EAGER_FP32, "--enforce-eager",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2")
+    env.pop("ACTSTEER_SERVE_BUNDLE", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = launch.Server(proc, f"http://127.0.0.1:{port}/v1", log)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, f"vllm serve exited:\n{server.tail()}"
+            assert time.monotonic() < deadline, f"vllm serve did not start:\n{server.tail()}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        client = openai.OpenAI(base_url=server.url, api_key="EMPTY")
+        messages = chat(QUESTIONS[0])
+        plain = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=8, temperature=0.0
+        )
+        assert plain.choices[0].message.content
+        with pytest.raises(openai.BadRequestError, match="steers nothing"):
+            client.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=8,
+                extra_body={"vllm_xargs": {"actsteer": "love:2"}},
+            )  # fmt: skip
+        text = log.read_text(errors="replace")
+        assert text.count("actsteer: no serve bundle") == 1
+    finally:
+        server.stop()
