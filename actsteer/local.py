@@ -257,7 +257,8 @@ class LocalEngine:
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """Run a merged group on the worker; one list of rows per job."""
         if self.joining:
-            return Run(self.sm.handle, self._grammars, group[0].key, self._observers).run(group)
+            grammars = lambda: self._grammars  # noqa: E731 - compiled lazily, maybe mid-run
+            return Run(self.sm.handle, grammars, group[0].key, self._observers).run(group)
         return self._run_whole(group)
 
     def _run_whole(self, group: list[worker.Job]) -> list[list[Generation]]:

@@ -105,14 +105,16 @@ class _Worker:
     def joiners(self, key: Hashable, room: int) -> list[Job]:
         """Jobs with ``key`` waiting now, prepared and started, up to ``room`` rows: rows that
         join a run at its next step (continuous batching, on the worker only). None while
-        other work (a ``_Call``) waits, so a stream of arrivals never starves it."""
+        other work waits (a ``_Call``, another model's job), so a stream of arrivals never
+        starves it: the run drains, that work runs, then the arrivals."""
         held = self._held
         while True:
             try:
                 _hold(held, self._queue.get_nowait())
             except queue.Empty:
                 break
-        if room <= 0 or self._exiting or any(isinstance(item, _Call) for item in held):
+        others = any(isinstance(item, _Call) or item.key != key for item in held)
+        if room <= 0 or self._exiting or others:
             return []
         before = len(held)
         joined = _take_group(held, key=key, room=room)

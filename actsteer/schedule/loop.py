@@ -29,7 +29,7 @@ class Run:
     def __init__(
         self,
         handle: ModelHandle,
-        grammars: Grammars | None,
+        grammars: Callable[[], Grammars | None],
         key: Any,
         observers: Sequence[tuple[Callable | None, Callable | None]] = (),
     ) -> None:
@@ -38,6 +38,7 @@ class Run:
         """The engine's observers, read as each event happens (one added mid-run counts)."""
         self.batch = RunningBatch(handle)
         self.jobs: dict[worker.Job, list[Generation | None]] = {}
+        """The jobs with rows still decoding, and their rows' generations so far."""
 
     def run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """Generate ``group`` and every job that joins, until no row is left; returns the
@@ -70,7 +71,7 @@ class Run:
             for job in self.jobs:
                 for stream in _streams(job):
                     stream.end()  # a consumer never waits on a row that will not come
-        return [[g for g in self.jobs[job] if g is not None] for job in group]
+        return [job.future.result() for job in group]  # all answered as their rows ended
 
     def _admit(self, jobs: list[worker.Job], *, retry_alone: bool) -> None:
         """Prefill the jobs' rows together and give each its first token. When joiners fail
@@ -105,10 +106,9 @@ class Run:
         stream = rows.stream
         return [
             LiveRow.of(
-                self.handle, self.grammars, job, i, (rows.grammars or [None] * 99)[i],
-                stream if i == 0 else None,
+                self.handle, self.grammars(), job, i, grammar, stream if i == 0 else None
             )
-            for i in range(len(rows.requests))
+            for i, grammar in enumerate(rows.grammars or [None] * len(rows.requests))
         ]  # fmt: skip
 
     def _leave(self, ended: Sequence[int]) -> None:
@@ -128,9 +128,11 @@ class Run:
         for _, after in list(self.observers):
             if after is not None:
                 after(finished)
-        for job, results in self.jobs.items():
-            if all(g is not None for g in results) and not job.future.done():
-                job.future.set_result(results)
+        for job, results in list(self.jobs.items()):
+            if all(g is not None for g in results):
+                del self.jobs[job]  # a run under steady load holds only what still decodes
+                if not job.future.done():
+                    job.future.set_result(results)
 
 
 def _streams(job: worker.Job) -> list[Any]:

@@ -232,3 +232,27 @@ def test_kv_columns_that_every_row_pads_are_cut(llama):
     finally:
         RunningBatch.step = original  # type: ignore[method-assign]
     assert widths[0] >= 300 and widths[-1] < 40
+
+
+def test_a_constrained_row_joins_a_run_started_before_any_grammar_existed():
+    """The first grammar of a model may be compiled while a run decodes: the joiner still
+    decodes under it, exactly as alone."""
+    from conftest import build_tiny
+
+    from actsteer.constrain import Constraint
+
+    fresh = build_tiny("llama", seed=5)
+    constrained = Request(
+        [{"role": "user", "content": "json please"}],
+        options=GenerationOptions(max_new_tokens=20),
+        constraint=Constraint.json_object(),
+    )
+    joins = _JoinAt(fresh, [constrained], [3])
+    try:
+        fresh.engine.generate([Request("plain", (), GenerationOptions(max_new_tokens=30))])
+        joined = joins.futures[0].result(60)
+    finally:
+        joins.close()
+    alone = fresh.engine.generate([constrained])[0]
+    assert joined.token_ids == alone.token_ids
+    assert joined.text.lstrip().startswith("{")
