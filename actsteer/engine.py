@@ -1,8 +1,8 @@
 """The engine interface: the one thing the LangChain and LlamaIndex adapters talk to.
 
 A ``Request`` is a prompt, its steering (resolved once, by ``Engine.resolve``) and a frozen
-``GenerationOptions``. An engine generates lists of requests (requests with equal options may
-share one batched forward; each row is still steered only by its own request), streams one
+``GenerationOptions``. An engine generates lists of requests (requests may share batched
+forwards, whatever their options; each row is still steered only by its own request), streams one
 request as text pieces ending with its final ``Generation``, and does both without blocking an
 event loop. ``actsteer.local.LocalEngine`` is the in-process implementation (a hooked Hugging
 Face model and actsteer's generation thread); a server backend implements the same protocol.
@@ -13,11 +13,12 @@ The path of a call, e.g. ``ChatSteer.invoke(..., steering="json:4")``:
    ``Request``: ``engine.resolve`` parses the expression (once, memoised) into ``Steering``;
 2. ``LocalEngine.generate`` / ``submit`` encodes each row, compiles its steering into per-layer
    tensors (``combine.compile_row``) and hands a ``worker.Job`` to the generation thread;
-3. ``worker`` merges jobs that wait together with equal options and runs them as one call;
-4. ``LocalEngine`` pads the rows, builds one hook plan (``combine.plan``) and runs Hugging
-   Face ``generate`` with it active (``hooks.activate``);
-5. ``hooks`` add each row's deltas at the steered layers and positions; rows are cut where
-   they ended and returned as ``Generation`` values (streams get tokens step by step).
+3. ``worker`` runs the job; jobs that arrive while it decodes join it at the next step
+   (``schedule.loop.Run``, continuous batching);
+4. the rows share one left-padded KV cache and one hook plan (``combine.plan``, per-row prompt
+   ends) active around each forward (``hooks.activate``); each row picks its own next token;
+5. ``hooks`` add each row's deltas at the steered layers and positions; a row leaves the step
+   it ends, returned as a ``Generation`` (streams get tokens step by step).
 """
 
 from __future__ import annotations

@@ -74,10 +74,11 @@ class LocalEngine:
         before: Callable[[int], None] | None = None,
         after: Callable[[list[Generation]], None] | None = None,
     ) -> Callable[[], None]:
-        """Watch every batched generate, on the generation thread: ``before(rows)`` as it
-        starts, ``after(generations)`` when it ends (batch-size metrics; tests use it to hold
-        the thread and to inject failures: an exception in ``before`` fails that generate).
-        Returns a function that removes the observer."""
+        """Watch the generation thread: ``before(rows)`` as rows are admitted to a batch (a
+        continuous run's first rows, then each group that joins it), ``after(generations)``
+        as rows end (batch-size metrics; tests use it to hold the thread and to inject
+        failures: an exception in ``before`` fails those rows' admission). Returns a function
+        that removes the observer."""
         entry = (before, after)
         self._observers.append(entry)
         return lambda: self._observers.remove(entry)

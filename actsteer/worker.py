@@ -11,11 +11,12 @@ behind that slow everything after. Here every generate, stream and activation re
 thread, whatever thread or task asks for it.
 
 And since calls queue there anyway, they batch: jobs waiting together with equal keys (for
-``LocalEngine``: the same engine and options) are merged (up to ``MAX_MERGED_ROWS`` rows) into
-one padded generate, so a thread pool of ``invoke``
-calls or an ``asyncio.gather`` of ``ainvoke`` calls costs about one batched generate instead of
-one each. Rows stay independent (per-row steering, seeded sampling, cancellation and streaming),
-so a merged row gives what the call alone gives.
+``LocalEngine``: the same engine) are merged (up to ``MAX_MERGED_ROWS`` rows) into one run, and
+a run may take the jobs that arrive while it decodes (``joiners``: continuous batching, see
+``actsteer.schedule``), so a thread pool of ``invoke`` calls or an ``asyncio.gather`` of
+``ainvoke`` calls costs about one batched generate instead of one each. Rows stay independent
+(per-row steering, seeded sampling, cancellation and streaming), so a merged row gives what the
+call alone gives.
 """
 
 from __future__ import annotations

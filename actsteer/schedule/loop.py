@@ -60,10 +60,8 @@ class Run:
                 joined = worker.joiners(self.key, room) if room > 0 else []
                 if joined:
                     self._admit(joined, retry_alone=True)
-        except BaseException as exc:
+        except BaseException as exc:  # the group's callers get it from the worker
             for job in self.jobs:
-                for stream in _streams(job):
-                    stream.end()
                 if job not in group and not job.future.done():
                     job.future.set_exception(exc)
             raise
