@@ -42,3 +42,15 @@ def write(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def save_plot(fig: Any, name: str, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``bench/results/NAME`` and close it."""
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    path = RESULTS / name
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, summary, write
+from _common import machine, save_plot, summary, write
 from langchain_core.runnables import ConfigurableField
 
 from actsteer import SteeredModel
@@ -263,6 +263,8 @@ def main() -> None:
         result["arrivals"] = arrivals(chat, args)
     path = write("batch", result)
     plot(result)
+    if args.arrivals:
+        plot_arrivals(result["arrivals"])
     print(
         f"\nwrote {path}; outputs equal: {equal}; decode steps/s of (b) vs (a): "
         f"{result['steps_ratio_b_vs_ceiling']:.2f}x"
@@ -385,6 +387,37 @@ def _soak(chat: ChatSteer, n: int) -> dict:
     }
 
 
+def plot_arrivals(arrivals: dict) -> None:
+    """Time to first token and latency (median, p95) under Poisson arrivals, per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ["continuous", "whole_batch_worker"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric, title in zip(axes, ["ttft_s", "latency_s"], ["time to first token", "latency"]):
+        for k, stat in enumerate(["median", "p95"]):
+            values = [arrivals[m][metric][stat] for m in modes]
+            xs = [i + (k - 0.5) * 0.38 for i in range(len(modes))]
+            ax.bar(xs, values, width=0.36, label=stat, color=["#3a7", "#7c9"][k])
+            for x, v in zip(xs, values):
+                ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(modes)), ["continuous batching", "whole-batch worker"])
+        ax.set_ylabel("seconds")
+        ax.set_title(title, fontsize=9)
+    target = arrivals.get("target_p95_ttft_s")
+    if target:
+        axes[0].axhline(target, color="#555", linestyle="--", linewidth=1)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Poisson arrivals, {arrivals['rate_per_s']:g}/s for {arrivals['duration_s']:g} s "
+        f"({arrivals['requests']} streamed requests, mixed steering)",
+        fontsize=9,
+    )
+    save_plot(fig, "batch_arrivals.png")
+
+
 def plot(result: dict) -> None:
     """Bar chart of tokens/s per condition, ceiling marked."""
     import matplotlib
@@ -415,9 +448,7 @@ def plot(result: dict) -> None:
         f"{result['new_tokens_max']} new tokens ({cores} CPU cores)",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(RESULTS / "batch.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, "batch.png")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, summary, write
+from _common import machine, save_plot, summary, write
 
 from actsteer import SteeredModel, presets
 from actsteer import distill as D
@@ -143,8 +143,7 @@ def plot(data: dict) -> None:
     b.set_ylabel("seconds for the whole distillation")
     b.set_title("extract(preset), same test fidelity")
     b.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / "distill.png", dpi=120)
+    save_plot(fig, "distill.png")
 
 
 def main() -> None:

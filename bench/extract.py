@@ -66,7 +66,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, summary, write
+from _common import machine, save_plot, summary, write
 
 from actsteer import SteeredModel, worker
 from actsteer.extract import mean_diff, pca
@@ -377,8 +377,7 @@ def plot(stats: dict, ratios: dict, ref: float, n_pairs: int) -> None:
     )
     low = min(min(stats[n]["min"] for n in names), TARGET * ref)
     ax.set_ylim(low / 2, max(stats[n]["max"] for n in names) * 3)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "extract.png", dpi=120)
+    save_plot(fig, "extract.png")
 
 
 if __name__ == "__main__":

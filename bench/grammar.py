@@ -60,7 +60,7 @@ from pydantic import BaseModel, Field, ValidationError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, summary, write
+from _common import machine, save_plot, summary, write
 from langchain_core.output_parsers import PydanticOutputParser
 
 from actsteer import GenerationOptions, Request, SteeredModel
@@ -770,9 +770,7 @@ def plot(result: dict) -> None:
         f"grammar cost, {gc['new_tokens_max']} new tokens ({cores} cores, {threads} thr.)",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(RESULTS / "grammar.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, "grammar.png")
 
 
 if __name__ == "__main__":

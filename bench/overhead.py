@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, summary, write
+from _common import machine, save_plot, summary, write
 
 from actsteer import (
     SteeredModel,
@@ -35,7 +35,7 @@ from actsteer import (
 )
 from actsteer.extract import mean_diff
 
-PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+PROMPT = "Once upon a time, in a small village by the sea, there lived"  # no early EOS in 64
 
 
 def main() -> None:
@@ -61,6 +61,10 @@ def main() -> None:
             Steering([(love, 2.0), (formal, 1.0)]),
             Steering(short, 1.0, positions="generated"),
         ],
+        # the engine's own decode loop (continuous batching) vs its whole-batch HF generate,
+        # one unsteered call each: what a single `invoke` runs
+        "e_engine_continuous_loop": None,
+        "f_engine_hf_generate": None,
     }
     ids = torch.tensor([sm.encode(PROMPT)])
     mask = torch.ones_like(ids)
@@ -71,7 +75,20 @@ def main() -> None:
         "pad_token_id": sm.pad_token_id,
     }
 
+    def engine_call(name: str) -> float:
+        sm.engine.joining = name == "e_engine_continuous_loop"
+        try:
+            start = time.perf_counter()
+            g = sm.generate_detailed(PROMPT, None, max_new_tokens=args.tokens)
+            took = time.perf_counter() - start
+        finally:
+            sm.engine.joining = True
+        assert g.completion_tokens == args.tokens, "the reply ended early: pick another prompt"
+        return args.tokens / took
+
     def run(name: str) -> float:
+        if name.startswith(("e_", "f_")):
+            return engine_call(name)
         steering = conditions[name]
         if name == "a_no_hooks":
             sm.close()
@@ -173,13 +190,15 @@ def plot(stats: dict, ratios: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = list(stats)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 3.5))
     med = [stats[n]["median"] for n in names]
     err = [
         [stats[n]["median"] - stats[n]["min"] for n in names],
         [stats[n]["max"] - stats[n]["median"] for n in names],
     ]
-    bars = ax.bar(names, med, yerr=err, capsize=4, color=["#888", "#4a7", "#47a", "#a74"])
+    bars = ax.bar(
+        names, med, yerr=err, capsize=4, color=["#888", "#4a7", "#47a", "#a74", "#3a7", "#999"]
+    )
     for bar, n in zip(bars, names):
         ax.text(
             bar.get_x() + bar.get_width() / 2,
@@ -192,8 +211,7 @@ def plot(stats: dict, ratios: dict) -> None:
     ax.set_ylabel("decode tokens/s (median, min-max)")
     ax.set_title("actsteer hook overhead, SmolLM2-135M, batch 1")
     ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "overhead.png", dpi=120)
+    save_plot(fig, "overhead.png")
 
 
 if __name__ == "__main__":

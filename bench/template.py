@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, write
+from _common import RESULTS, machine, save_plot, write
 
 from actsteer import SteeredModel, Steering, presets
 from actsteer import extract as ex
@@ -224,8 +224,7 @@ def plot(rows: dict) -> None:
     ax.set_title(
         "Preset vectors vs their system prompts, SmolLM2-135M, free-running, held-out prompts"
     )
-    fig.tight_layout()
-    fig.savefig(RESULTS / "template.png", dpi=110)
+    save_plot(fig, "template.png", dpi=110)
 
 
 if __name__ == "__main__":
