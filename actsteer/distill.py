@@ -31,7 +31,8 @@ import torch
 
 from . import hooks
 from .errors import DistillationError, SteeringSpecError
-from .teacher import Example, batched_kl, mean_kl
+from .fidelity import batched_kl, mean_kl
+from .teacher import Example
 
 if TYPE_CHECKING:
     from .model import SteeredModel

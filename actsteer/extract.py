@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from . import distill as _distill
+from . import fidelity as _fidelity
 from . import teacher as _teacher
 from . import worker
 from .data import neutral_inputs
@@ -383,7 +384,7 @@ def _run_distill(sm, system_prompt, template, layers, positions, cfg, splits, pr
         cancel=cancel,
     )
     row = _distill.vector_row(trained.vectors, positions)
-    test_fid = _teacher.fidelity_of(sm, test_ex, row)
+    test_fid = _fidelity.fidelity_of(sm, test_ex, row)
     inputs_hash = hashlib.sha256("\n".join([*train_in, *dev_in]).encode()).hexdigest()[:16]
     dev_fidelity = 1.0 - trained.dev_kl / trained.dev_kl_none if trained.dev_kl_none else 0.0
     card = {

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, save_plot, summary, write
 
-from actsteer import SteeredModel, presets
+from actsteer import SteeredModel, fidelity, presets
 from actsteer import distill as D
 from actsteer import teacher as T
 from actsteer.data import neutral_inputs
@@ -70,7 +70,7 @@ def step_times(sm: SteeredModel, reps: int) -> dict:
                 vecs = {x: p.clone().requires_grad_(True) for x, p in params.items()}
                 start = time.perf_counter()
                 with form(f), torch.enable_grad():
-                    kl = T.mean_kl(sm, batch, D.vector_row(vecs, "all"), 4.0)
+                    kl = fidelity.mean_kl(sm, batch, D.vector_row(vecs, "all"), 4.0)
                 torch.autograd.grad(kl, list(vecs.values()))
                 if rep:
                     times[f].append(time.perf_counter() - start)

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import torch
 
 from .. import worker
+from ..fidelity import Fidelity, fidelity_of
 from ..model import SteeredModel
 from ..spec import SteeringLike
-from ..teacher import Fidelity, fidelity_of, teacher_examples
+from ..teacher import teacher_examples
 
 __all__ = ["Fidelity", "fidelity", "kl_divergence", "reply_perplexity"]
 
