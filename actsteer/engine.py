@@ -63,8 +63,10 @@ class GenerationOptions:
         if isinstance(p, bool) or not (isinstance(p, int | float) and 0.0 < p <= 1.0):
             raise OptionsError(f"top_p must be in (0, 1], got {p!r}")
         seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise OptionsError(f"seed must be an int >= 0 or None, got {seed!r}")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64
+        ):
+            raise OptionsError(f"seed must be an int >= 0 (below 2**64) or None, got {seed!r}")
         stop = self.stop
         if stop is None:
             stop = ()

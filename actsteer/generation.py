@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -106,9 +107,7 @@ class RowStops(StoppingCriteria):
         self.cancels = list(cancels)
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
         self.stop, self.tokenizer, self.prompt_len = list(stop), tokenizer, prompt_len
-        self.strings = (
-            StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop)) if stop else None
-        )
+        self.strings = _stop_strings(tokenizer, tuple(stop)) if stop else None
         self.stopped_at: dict[int, int] = {}
 
     def __call__(
@@ -135,6 +134,22 @@ class RowStops(StoppingCriteria):
             self.stopped_at.setdefault(row, length)
         stop = cancelled if hit is None else cancelled | hit  # EOS is generate()'s own check
         return stop.to(input_ids.device)
+
+
+_STOP_STRINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stop_strings(tokenizer, stop: tuple[str, ...]) -> StopStringCriteria:
+    """transformers' stop-string matcher for ``stop`` (built once per tokenizer and stop
+    strings: it reads and hashes the whole vocabulary, which every joining row would redo).
+    Its call reads only its arguments, so rows share one."""
+    per_tokenizer = _STOP_STRINGS.setdefault(tokenizer, {})
+    found = per_tokenizer.get(stop)
+    if found is None:
+        if len(per_tokenizer) > 64:
+            per_tokenizer.clear()
+        found = per_tokenizer[stop] = StopStringCriteria(tokenizer=tokenizer, stop_strings=stop)
+    return found
 
 
 class TokenQueue:

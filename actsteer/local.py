@@ -110,7 +110,8 @@ class LocalEngine:
                 continue
             jobs.append(job)
             futures.append(_single(job))
-        worker.submit(*jobs)
+        if jobs:
+            worker.submit(*jobs)
         return futures
 
     async def agenerate(self, requests: Sequence[Request]) -> list[Generation]:
@@ -257,7 +258,7 @@ class LocalEngine:
 
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """Run a merged group on the worker; one list of rows per job."""
-        if self.joining:
+        if len(group[0].key) == 1:  # made to join (``joining`` when the call was made)
             grammars = lambda: self._grammars  # noqa: E731 - compiled lazily, maybe mid-run
             return Run(self.sm.handle, grammars, group[0].key, self._observers).run(group)
         return self._run_whole(group)

@@ -120,7 +120,8 @@ class _Worker:
         before = len(held)
         joined = _take_group(held, key=key, room=room)
         self._started(before - len(held))
-        self._running.extend(joined)
+        # what the exit handler would cancel: the run's jobs still open (not every job served)
+        self._running = [j for j in self._running if not j.future.done()] + joined
         return joined
 
     def _loop(self) -> None:
@@ -206,11 +207,16 @@ def _take_group(
     input fail alone."""
     group: list[Job] = []
     rows = 0
+    joining = key is not None  # for a running run: first come, first served
     room = MAX_MERGED_ROWS if room is None else room
     for job in list(held):
         if not isinstance(job, Job):
             continue
-        if key is not None and (job.key != key or rows + job.rows > room):
+        if key is not None and job.key != key:
+            continue
+        if key is not None and rows + job.rows > room:
+            if joining and not job.future.cancelled():
+                break  # no later, smaller job overtakes it: the run drains to its size
             continue
         held.remove(job)
         if not job.future.set_running_or_notify_cancel():  # its caller has gone

@@ -51,9 +51,9 @@ def supports_joining(handle: ModelHandle) -> bool:
     if arg is None or not takes_positions:
         return False
     ids = torch.tensor([[handle.pad_token_id]], device=handle.device)
-    try:
+    try:  # the cache the model's own config asks for (sliding-window layers show up here)
         with torch.inference_mode():
-            out = model(input_ids=ids, use_cache=True, **{arg: DynamicCache()})
+            out = model(input_ids=ids, use_cache=True, **{arg: _new_cache(model)})
     except Exception:
         return False
     cache = out.get(arg)
@@ -66,6 +66,10 @@ class RunningBatch:
     def __init__(self, handle: ModelHandle) -> None:
         self.handle = handle
         self.arg = cache_argument(handle.model) or "past_key_values"
+        params = inspect.signature(handle.model.forward).parameters
+        self.last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        """Only the last position's logits (as ``generate``): a prefill's full logits would be
+        rows x prompt length x vocabulary."""
         self.rows: list[LiveRow] = []
         self.cache = None
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=handle.device)
@@ -81,13 +85,12 @@ class RunningBatch:
     def prefill(self, rows: Sequence[LiveRow]) -> torch.Tensor:
         """Run the joining rows' prompts (left-padded together, steered as a generate of just
         them), add them to the batch, and return their next-token logits ``(n, vocab)``."""
-        from transformers import DynamicCache
-
         handle = self.handle
         ids, mask = handle.pad([r.prompt for r in rows])
         plan = handle.left_pad_plan([r.compiled for r in rows], mask)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {self.arg: DynamicCache(), "use_cache": True, "position_ids": positions}
+        kwargs = {self.arg: _new_cache(handle.model), "use_cache": True, "position_ids": positions}
+        kwargs.update(self.last_logits)
         with torch.inference_mode(), hooks.activate(hooks.CallState(plan) if plan else None):
             out = handle.model(input_ids=ids, attention_mask=mask, **kwargs)
         width = int(mask.shape[1])
@@ -106,6 +109,7 @@ class RunningBatch:
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         plan = self.plan()
         kwargs = {self.arg: self.cache, "use_cache": True, "position_ids": positions}
+        kwargs.update(self.last_logits)
         with torch.inference_mode(), hooks.activate(hooks.CallState(plan) if plan else None):
             out = handle.model(input_ids=tokens, attention_mask=mask, **kwargs)
         self.cache = out.get(self.arg)
@@ -135,11 +139,11 @@ class RunningBatch:
         index = torch.tensor(list(keep), dtype=torch.long)
         self.starts, self.prompt_ends = self.starts[index], self.prompt_ends[index]
         cut = int(self.starts.min())
-        on_device = index.to(self.mask.device)
-        self.mask = self.mask[on_device, cut:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[on_device, :, cut:]
-            layer.values = layer.values[on_device, :, cut:]
+        self.mask = self.mask[index.to(self.mask.device), cut:]
+        for layer in self.cache.layers:  # each layer where it lives (device_map="auto")
+            here = index.to(layer.keys.device)
+            layer.keys = layer.keys[here, :, cut:]
+            layer.values = layer.values[here, :, cut:]
         self.starts, self.prompt_ends = self.starts - cut, self.prompt_ends - cut
 
     def _join(
@@ -165,6 +169,17 @@ class RunningBatch:
         self.starts = torch.cat([self.starts + grow, starts + pad])
         self.prompt_ends = torch.cat([self.prompt_ends + grow, prompt_ends + pad])
         self.rows += rows
+
+
+def _new_cache(model: torch.nn.Module) -> object:
+    """An empty ``DynamicCache`` laid out from the model's config (sliding-window layers, if
+    any, get their own layer type: ``supports_joining`` then says no)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except Exception:  # a config the cache cannot read: the plain form
+        return DynamicCache()
 
 
 def _left(t: torch.Tensor, n: int) -> torch.Tensor:

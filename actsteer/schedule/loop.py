@@ -52,10 +52,7 @@ class Run:
             while self.batch.rows:
                 self._leave([i for i, r in enumerate(self.batch.rows) if r.cancel.is_set()])
                 if self.batch.rows:
-                    logits = self.batch.step()
-                    for row, scores in zip(self.batch.rows, logits, strict=True):
-                        row.take(row.choose(scores))
-                    self._leave([i for i, r in enumerate(self.batch.rows) if r.ended])
+                    self._decide(self.batch.step())
                 room = worker.MAX_MERGED_ROWS - len(self.batch.rows)  # more wait
                 joined = worker.joiners(self.key, room) if room > 0 else []
                 if joined:
@@ -75,7 +72,16 @@ class Run:
         """Prefill the jobs' rows together and give each its first token. When joiners fail
         to prefill together (say, out of memory), each gets its own try; one that fails alone
         fails its own call, and the running rows go on."""
-        rows = [row for job in jobs for row in self._rows(job)]
+        rows = []
+        for job in jobs:
+            try:
+                rows += self._rows(job)
+            except Exception as exc:  # this call's own options or grammar: it fails alone
+                if not retry_alone:
+                    raise
+                self._fail(job, exc)
+        if not rows:
+            return
         try:
             for before, _ in list(self.observers):
                 if before is not None:
@@ -89,14 +95,37 @@ class Run:
                     self._admit([job], retry_alone=True)
                 return
             for job in jobs:
-                self.jobs.pop(job, None)
-                for stream in _streams(job):
-                    stream.end()
-                job.future.set_exception(exc)
+                self._fail(job, exc)
             return
-        for row, scores in zip(rows, logits, strict=True):
-            row.take(row.choose(scores))
+        start = len(self.batch.rows) - len(rows)  # prefill appended the rows at the end
+        self._decide(logits, first=start)
+
+    def _decide(self, logits: torch.Tensor, first: int = 0) -> None:
+        """Rows ``first..`` of the batch each choose and take their next token from their row
+        of ``logits``; a row whose choice fails (say, its sampler meets NaN) fails its own
+        call and leaves with its call's other rows. Ended rows leave."""
+        failed: dict[worker.Job, Exception] = {}
+        for row, scores in zip(self.batch.rows[first:], logits, strict=True):
+            if row.job in failed:
+                continue
+            try:
+                row.take(row.choose(scores))
+            except Exception as exc:  # the row's own call gets it
+                failed[row.job] = exc
+        if failed:
+            rows = self.batch.rows
+            self.batch.keep([i for i, r in enumerate(rows) if r.job not in failed])
+            for job, exc in failed.items():
+                self._fail(job, exc)
         self._leave([i for i, r in enumerate(self.batch.rows) if r.ended])
+
+    def _fail(self, job: worker.Job, exc: BaseException) -> None:
+        """``job`` ends with ``exc``; the run goes on (its rows are already out of the batch)."""
+        self.jobs.pop(job, None)
+        for stream in _streams(job):
+            stream.end()
+        if not job.future.done():
+            job.future.set_exception(exc)
 
     def _rows(self, job: worker.Job) -> list[LiveRow]:
         rows = job.payload

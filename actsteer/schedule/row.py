@@ -34,6 +34,9 @@ class LiveRow:
     stream: TokenQueue | None = None
     grammar: RowGrammars | None = None
     sampler: SeededSampler | None = None
+    penalty: Any = None
+    """The model's own ``repetition_penalty`` (its generation config), as ``generate``
+    applies it before any processor of ours."""
     stops: RowStops | None = None
     eos: frozenset[int] = frozenset()
     new: list[int] = field(default_factory=list)
@@ -72,6 +75,13 @@ class LiveRow:
                 close=[request.constraint is None and bool(request.tools)],
                 on_close=lambda _: stream is not None and setattr(stream, "closed", True),
             )  # fmt: skip
+        penalty = getattr(
+            getattr(handle.model, "generation_config", None), "repetition_penalty", None
+        )
+        if penalty not in (None, 1.0):
+            from transformers import RepetitionPenaltyLogitsProcessor
+
+            row.penalty = RepetitionPenaltyLogitsProcessor(penalty)
         if options.temperature > 0:
             row.sampler = SeededSampler(1, options.temperature, options.top_p, options.seed)
         if options.stop:
@@ -81,8 +91,10 @@ class LiveRow:
     def choose(self, logits: torch.Tensor) -> int:
         """The next token from this row's ``(vocab,)`` logits, as ``generate`` would pick it."""
         scores = logits[None, :]
-        if self.grammar is not None or self.sampler is not None:
-            ids = torch.tensor([self.prompt + self.new], dtype=torch.long)
+        if self.grammar is not None or self.sampler is not None or self.penalty is not None:
+            ids = torch.tensor([self.prompt + self.new], dtype=torch.long, device=logits.device)
+            if self.penalty is not None:
+                scores = self.penalty(ids, scores)
             if self.grammar is not None:  # masks first, then sampling
                 scores = self.grammar(ids, scores)
             if self.sampler is not None:

@@ -51,7 +51,8 @@ BAD_OPTIONS = [
     ({"max_tokens": 0}, "max_new_tokens must be a positive int, got 0"),
     ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
     ({"top_p": 0.0}, "top_p must be in (0, 1]"),
-    ({"seed": -5}, "seed must be an int >= 0 or None, got -5"),
+    ({"seed": -5}, "seed must be an int >= 0 (below 2**64) or None, got -5"),
+    ({"seed": 2**64}, "seed must be an int >= 0 (below 2**64) or None"),
     ({"truncate": "right"}, "truncate must be None or one of ['left', 'drop_oldest_messages']"),
 ]
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import random_vector
 
 from actsteer import GenerationOptions, Request, Steering, worker
+from actsteer.generation import CallCancel
 from actsteer.schedule.batch import supports_joining
 
 PROMPTS = [
@@ -256,3 +257,53 @@ def test_a_constrained_row_joins_a_run_started_before_any_grammar_existed():
     alone = fresh.engine.generate([constrained])[0]
     assert joined.token_ids == alone.token_ids
     assert joined.text.lstrip().startswith("{")
+
+
+def test_a_joiner_that_fails_fails_alone_and_the_run_goes_on(llama, monkeypatch):
+    """A row whose own processing raises (here: its sampler) fails its own call; the rows
+    decoding beside it, and the calls that join after it, give what they give alone."""
+    from actsteer.generation import SeededSampler
+
+    def broken(self, input_ids, scores):
+        raise RuntimeError("sampler broke")
+
+    greedy = [Request(p, (), GenerationOptions(max_new_tokens=20)) for p in PROMPTS[:3]]
+    alone = [llama.engine.generate([r])[0].token_ids for r in greedy]
+    sampled = Request("sample me", (), GenerationOptions(max_new_tokens=8, temperature=0.8))
+    monkeypatch.setattr(SeededSampler, "__call__", broken)
+    joins = _JoinAt(llama, [sampled, greedy[2]], [3, 6])
+    try:
+        first = llama.engine.generate(greedy[:2])
+        with pytest.raises(RuntimeError, match="sampler broke"):
+            joins.futures[0].result(60)
+        late = joins.futures[1].result(60)
+    finally:
+        joins.close()
+    assert [g.token_ids for g in first] + [late.token_ids] == alone
+
+
+def test_a_call_with_many_rows_is_not_overtaken_by_later_small_ones(llama, monkeypatch):
+    """Rows join first come, first served: a call that does not fit the running batch waits
+    for room, and calls that came after it wait behind it (they do not starve it)."""
+    monkeypatch.setattr(worker, "MAX_MERGED_ROWS", 3)
+    big = [Request(f"big {i}", (), GenerationOptions(max_new_tokens=6)) for i in range(3)]
+    small = Request("small", (), GenerationOptions(max_new_tokens=6))
+    order: list[int] = []
+    futures: dict[str, list] = {}
+
+    def submit(*_: object) -> None:
+        if not futures:  # one call of 3 rows (no room beside the first), then a small one
+            (job,) = llama.engine._jobs(big, CallCancel(), prepare_here=True)
+            futures["big"] = worker.submit(job)
+            futures["small"] = llama.engine.submit([small])
+
+    handle = llama.model.register_forward_hook(submit)
+    remove = llama.engine.observe(lambda rows: order.append(rows))
+    try:
+        llama.engine.generate([Request("first", (), GenerationOptions(max_new_tokens=12))])
+        for f in futures["big"] + futures["small"]:
+            f.result(60)
+    finally:
+        handle.remove()
+        remove()
+    assert order == [1, 3, 1]  # the big call ran before the small one that came after it
