@@ -53,7 +53,10 @@ def supports_joining(handle: ModelHandle) -> bool:
     ids = torch.tensor([[handle.pad_token_id]], device=handle.device)
     try:  # the cache the model's own config asks for (sliding-window layers show up here)
         with torch.inference_mode():
-            out = model(input_ids=ids, use_cache=True, **{arg: _new_cache(model)})
+            mask = torch.ones_like(ids)
+            out = model(
+                input_ids=ids, attention_mask=mask, use_cache=True, **{arg: _new_cache(model)}
+            )
     except Exception:
         return False
     cache = out.get(arg)
