@@ -48,7 +48,9 @@ class LocalEngine:
     def __init__(self, sm: SteeredModel) -> None:
         self.sm = sm
         self._grammars: Grammars | None = None
-        self._joining: bool | None = None
+        self._joins: bool | None = None
+        """Whether this model's cache can take rows in and out (probed once)."""
+        self._joining_on = True
         self._observers: list[tuple[Callable[[int], None] | None, Callable | None]] = []
 
     @property
@@ -245,16 +247,18 @@ class LocalEngine:
         """Whether calls join running batches (continuous batching, ``actsteer.schedule``):
         any options, at any decode step. Models whose KV cache cannot take rows in and out
         (sliding-window, recurrent) merge only calls that wait together with equal options."""
-        if self._joining is None:
-            self._joining = worker.call(partial(supports_joining, self.sm.handle))
-        return self._joining
+        if not self._joining_on:
+            return False
+        if self._joins is None:
+            self._joins = worker.call(partial(supports_joining, self.sm.handle))
+        return self._joins
 
     @joining.setter
     def joining(self, on: bool) -> None:
         """Turn continuous batching off (``False``: calls merge only when they wait together
         with equal options, as before it existed; benchmarks compare the two) or back on where
         the model supports it. Calls already queued keep the mode they were made in."""
-        self._joining = bool(on) and worker.call(partial(supports_joining, self.sm.handle))
+        self._joining_on = bool(on)
 
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         """Run a merged group on the worker; one list of rows per job."""

@@ -54,6 +54,23 @@ class Grammars:
                 self._compiled[constraint] = found
             return found
 
+    def processor(
+        self,
+        compiled: Sequence[Any | None],
+        requests: Sequence[Any],
+        prompt_len: int,
+        budget: int,
+        on_close: Callable[[int], None] | None = None,
+    ) -> RowGrammars:
+        """The logits processor for rows with these compiled grammars (one per request, or
+        None): a request's tool calls (tools offered, no constraint of its own) are closed
+        inside its ``budget`` of new tokens."""
+        return RowGrammars(
+            compiled, prompt_len, self.vocab_size, budget=budget, closer=self.closer,
+            close=[r.constraint is None and bool(r.tools) for r in requests],
+            on_close=on_close,
+        )  # fmt: skip
+
 
 class RowGrammars(LogitsProcessor):
     """Masks each constrained row's logits to the tokens its grammar allows next.

@@ -12,7 +12,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from .. import combine, hooks
-from ..constrain.decode import Grammars, RowGrammars
+from ..constrain.decode import Grammars
 from ..engine import Request
 from ..generation import CallCancel, Generation, RowStops, RowStreamer, SeededSampler, TokenQueue
 from .handle import ModelHandle
@@ -61,10 +61,8 @@ def generate_rows(
     grammars, streaming = None, dict(streams)
     if any(g is not None for g in batch.grammars or ()):  # masks first, then sampling
         assert compiled_grammars is not None
-        grammars = RowGrammars(
-            batch.grammars, ids.shape[1], compiled_grammars.vocab_size,
-            budget=options.max_new_tokens, closer=compiled_grammars.closer,
-            close=[r.constraint is None and bool(r.tools) for r in batch.requests],
+        grammars = compiled_grammars.processor(
+            batch.grammars, batch.requests, ids.shape[1], options.max_new_tokens,
             on_close=lambda row: row in streaming and setattr(streaming[row], "closed", True),
         )  # fmt: skip
         processors.append(grammars)

@@ -69,10 +69,8 @@ class LiveRow:
         )
         if compiled_grammar is not None:
             assert grammars is not None
-            row.grammar = RowGrammars(
-                [compiled_grammar], len(prompt), grammars.vocab_size,
-                budget=options.max_new_tokens, closer=grammars.closer,
-                close=[request.constraint is None and bool(request.tools)],
+            row.grammar = grammars.processor(
+                [compiled_grammar], [request], len(prompt), options.max_new_tokens,
                 on_close=lambda _: stream is not None and setattr(stream, "closed", True),
             )  # fmt: skip
         penalty = getattr(
