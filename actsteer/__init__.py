@@ -8,6 +8,8 @@
 """
 
 from .call_options import CallOptions
+from .core.steering import Steering, Term
+from .core.vector import ModelFingerprint, SteeringVector, VectorMeta
 from .engine import Engine, GenerationOptions, Request
 from .errors import (
     ActsteerError,
@@ -29,10 +31,9 @@ from .errors import (
     VectorFileError,
     VectorShapeError,
 )
-from .generation import Generation
-from .model import SteeredModel
-from .spec import Steering, Term
-from .vector import ModelFingerprint, SteeringVector, VectorMeta
+from .runtime.generation import Generation
+from .runtime.model import SteeredModel
+from .train import extract
 
 __all__ = [
     "ActsteerError",
@@ -64,5 +65,6 @@ __all__ = [
     "VectorFileError",
     "VectorMeta",
     "VectorShapeError",
+    "extract",
 ]
 __version__ = "0.1.0"

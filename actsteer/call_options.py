@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .core.steering import Steering, steering_info
+from .core.vector import SteeringVector
 from .engine import GenerationOptions, Request
 from .errors import OptionsError
-from .spec import Steering, steering_info
-from .vector import SteeringVector
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from . import presets
-from .model import SteeredModel
+from .runtime.model import SteeredModel
 
 PROMPTS = [
     "Tell me about your weekend.",

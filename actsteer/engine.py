@@ -4,8 +4,9 @@ A ``Request`` is a prompt, its steering (resolved once, by ``Engine.resolve``) a
 ``GenerationOptions``. An engine generates lists of requests (requests may share batched
 forwards, whatever their options; each row is still steered only by its own request), streams one
 request as text pieces ending with its final ``Generation``, and does both without blocking an
-event loop. ``actsteer.local.LocalEngine`` is the in-process implementation (a hooked Hugging
-Face model and actsteer's generation thread); a server backend implements the same protocol.
+event loop. ``actsteer.runtime.local.LocalEngine`` is the in-process implementation (a hooked
+Hugging Face model and actsteer's generation thread); a server backend implements the same
+protocol.
 
 The path of a call, e.g. ``ChatSteer.invoke(..., steering="json:4")``:
 
@@ -32,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .constrain.spec import Constraint
+from .core.steering import Steering, SteeringLike, steering_info
 from .errors import OptionsError, SteeringSpecError, ToolSpecError
-from .generation import Generation
 from .prompts import Prompt, Truncate, check_truncate
-from .spec import Steering, SteeringLike, steering_info
+from .runtime.generation import Generation
 from .tools.spec import ToolSpec, tool_choice, tool_specs
 
 

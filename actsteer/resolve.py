@@ -13,13 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import presets
+from .core.expressions import parse
+from .core.steering import MAX_ABLATE_STRENGTH, OPERATORS, POSITIONS, Steering, SteeringLike, Term
+from .core.vector import ModelFingerprint, SteeringVector
 from .errors import CoefficientError, SteeringSpecError
-from .expressions import parse
-from .spec import MAX_ABLATE_STRENGTH, OPERATORS, POSITIONS, Steering, SteeringLike, Term
-from .vector import ModelFingerprint, SteeringVector
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from .runtime.model import SteeredModel
 
 
 #: The fields of a steering written as a mapping (a JSON object over HTTP): ``Steering``'s own,

@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, save_plot, summary, write
 
-from actsteer import SteeredModel, fidelity, presets
-from actsteer import distill as D
-from actsteer import teacher as T
+from actsteer import SteeredModel, presets
 from actsteer.data import neutral_inputs
+from actsteer.train.distill import fidelity
+from actsteer.train.distill import loop as D
+from actsteer.train.distill import teacher as T
 
 FORMS = ("shared", "whole")
 INPUTS = 248  # 184 training, 16 dev and 48 test inputs, as a distillation of the presets

@@ -68,8 +68,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, save_plot, summary, write
 
-from actsteer import SteeredModel, worker
-from actsteer.extract import mean_diff, pca
+from actsteer import SteeredModel
+from actsteer.runtime import worker
+from actsteer.train.extract import mean_diff, pca
 
 LAYERS = [6, 7, 8, 9, 10]
 BATCH = 32

@@ -26,14 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, save_plot, summary, write
 
-from actsteer import (
-    SteeredModel,
-    Steering,
-    hooks,
-    presets,
-    worker,
-)
-from actsteer.extract import mean_diff
+from actsteer import SteeredModel, Steering, presets
+from actsteer.apply import hooks
+from actsteer.runtime import worker
+from actsteer.train.extract import mean_diff
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"  # no early EOS in 64
 

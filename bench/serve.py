@@ -28,9 +28,9 @@ from _common import RESULTS, machine, summary, write
 from langchain_core.runnables import ConfigurableField
 
 from actsteer import GenerationOptions, Request, SteeredModel
+from actsteer.cli import launch
 from actsteer.data import neutral_inputs
 from actsteer.remote import RemoteEngine
-from actsteer.vllm import launch
 from langchain_steer import ChatSteer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, save_plot, write
 
 from actsteer import SteeredModel, Steering, presets
-from actsteer import extract as ex
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity, reply_perplexity
 from actsteer.evaluate.report import evaluate_preset, run_condition
-from actsteer.teacher import chats
+from actsteer.train import extract as ex
+from actsteer.train.distill.teacher import chats
 
 CONDITIONS = (
     "no steering",

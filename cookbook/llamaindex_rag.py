@@ -62,7 +62,7 @@ def local_minilm() -> Any:
     (README, "How it works")."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    from actsteer import worker
+    from actsteer.runtime import worker
 
     class OnGenerationThread(HuggingFaceEmbedding):
         def _embed(self, inputs: list, prompt_name: str | None = None) -> list[list[float]]:

@@ -31,8 +31,8 @@ from langchain_core.runnables.configurable import (
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
 from actsteer.engine import Request
-from actsteer.generation import Generation
 from actsteer.runtime import deadline as _deadline
+from actsteer.runtime.generation import Generation
 
 Row = tuple[Any, Any, RunnableConfig]
 """One batch input: the actsteer model that runs it (``ChatSteer``/``SteerLLM``), the input

@@ -17,9 +17,9 @@ from langchain_core.outputs import GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
 from actsteer.engine import Request
-from actsteer.generation import Generation
 from actsteer.prompts import Prompt
 from actsteer.runtime import deadline as _deadline
+from actsteer.runtime.generation import Generation
 
 from . import _batch
 from ._common import SteerFields, truncated, usage

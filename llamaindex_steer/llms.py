@@ -4,7 +4,7 @@ Steering is resolved per call from the instance's fields, overridden by call kwa
 (``llm.complete(p, steering="dogs:4")``), and handed to the engine with that call only; nothing is
 stored on the model, so copies made by ``with_steering`` share one runtime and run concurrently.
 LlamaIndex components that pass no kwargs (query engines, ``Settings.llm``, agents, programs) get
-their steering from such a copy. The applied steering (``actsteer.spec.steering_info``) is
+their steering from such a copy. The applied steering (``actsteer.core.steering.steering_info``) is
 returned in every response's ``raw["steering"]`` and ``additional_kwargs["steering"]``, so the
 instrumentation end events carry it; the start events carry the field settings (``to_payload``)
 and any call kwargs.
@@ -41,10 +41,10 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from actsteer import SteeredModel, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, GenerationOptions, Request
-from actsteer.generation import Generation
 from actsteer.prompts import check_budget, check_truncate
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
+from actsteer.runtime.generation import Generation
 from actsteer.runtime.loading import check_model
 
 from .calls import (

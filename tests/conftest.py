@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from actsteer import SteeredModel, SteeringVector
-from actsteer.vllm import launch
+from actsteer.cli import launch
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -191,7 +191,7 @@ VLLM_PYTHON = Path(os.environ.get("ACTSTEER_VLLM_PYTHON", ROOT / ".venv-vllm" / 
 def vectors(tmp_path_factory, real) -> Path:
     """The server's vectors folder: ``mine`` is the local ``love`` preset's vector, ``front``
     a per-position ActAdd vector (Love - Hate at layer 6, Turner et al.'s form)."""
-    from actsteer import extract
+    from actsteer.train import extract
 
     folder = tmp_path_factory.mktemp("vectors")
     real.preset("love").save(folder / "mine.safetensors")

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import worker
-from ..fidelity import Fidelity, fidelity_of
-from ..model import SteeredModel
-from ..spec import SteeringLike
-from ..teacher import teacher_examples
+from ..core.steering import SteeringLike
+from ..runtime import worker
+from ..runtime.model import SteeredModel
+from ..train.distill.fidelity import Fidelity, fidelity_of
+from ..train.distill.teacher import teacher_examples
 
 __all__ = ["Fidelity", "fidelity", "kl_divergence", "reply_perplexity"]
 

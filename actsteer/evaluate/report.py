@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import worker
+from ..core.steering import SteeringLike
 from ..data import neutral_inputs, neutral_texts
-from ..model import SteeredModel
-from ..spec import SteeringLike
-from ..teacher import chats as teacher_chats
+from ..runtime import worker
+from ..runtime.model import SteeredModel
+from ..train.distill.teacher import chats as teacher_chats
 from . import Fidelity, fidelity, kl_divergence, reply_perplexity
 from .checks import get_check, judge
 

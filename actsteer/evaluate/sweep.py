@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..core.steering import Steering
+from ..core.vector import SteeringVector
 from ..data import neutral_inputs
 from ..errors import SteeringSpecError
-from ..model import SteeredModel
 from ..resolve import trained_positions
-from ..spec import Steering
-from ..vector import SteeringVector
+from ..runtime.model import SteeredModel
 from . import reply_perplexity
 from .checks import get_check, judge
 

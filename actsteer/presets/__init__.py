@@ -7,9 +7,9 @@ check that evaluates it. Its vector is extracted on first use for a model and ca
 or unreadable cache entry is recomputed, never trusted.
 
 Distilled presets (``"method": "distill"``: a system prompt compiled by context distillation, see
-``actsteer.distill``) take minutes to train, so their vectors for the embedded model ship in
-``vectors/`` (rebuilt by ``python -m actsteer.presets.build``); any other model distills them once
-on first use, with a notice and a progress bar, and caches them like the rest.
+``actsteer.train.distill``) take minutes to train, so their vectors for the embedded model
+ship in ``vectors/`` (rebuilt by ``python -m actsteer.presets.build``); any other model distills
+them once on first use, with a notice and a progress bar, and caches them like the rest.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..core.vector import SteeringVector
 from ..errors import PresetNotPreparedError, SteeringSpecError, VectorFileError
-from ..vector import SteeringVector
 
 if TYPE_CHECKING:
-    from ..model import SteeredModel
+    from ..runtime.model import SteeredModel
 
 _FIELDS = {
     "name",
@@ -90,7 +90,7 @@ class Preset:
             inputs = tuple(neutral_inputs("train"))  # the shipped default inputs
         parts: list[Any] = [self.method, self.read, self.pairs, self.system_prompt, inputs]
         if self.method == "distill":  # what else determines a distilled vector
-            from ..distill import config
+            from ..train.distill.loop import config
 
             settings = dataclasses.asdict(config(**dict(self.distill)))  # with the defaults
             parts += [self.positions, settings, tuple(neutral_inputs("heldout"))]
@@ -158,7 +158,7 @@ def get(name: str) -> Preset:
     presets = _all()
     if name in presets:
         return presets[name]
-    from ..expressions import suggest
+    from ..core.expressions import suggest
 
     hint = suggest(name, presets)
     raise SteeringSpecError(
@@ -186,7 +186,7 @@ def extract(sm: SteeredModel, preset: Preset, progress: bool | None = None) -> S
     """Run the preset's extraction on ``sm`` (no cache) at every layer, so expressions such as
     ``love@4-8`` can pick any layers (distilled presets: every layer they train, all but 0);
     the default layers are recorded in the metadata."""
-    from .. import extract as ex
+    from ..train import extract as ex
 
     layers = list(range(sm.num_layers))
     if preset.method == "distill":

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="presets to rebuild (default: all distilled)")
     args = parser.parse_args(argv)
-    from ..model import SteeredModel
+    from ..runtime.model import SteeredModel
 
     names = args.names or [p.name for p in list_presets() if p.method == "distill"]
     sm = SteeredModel.default()

@@ -18,12 +18,12 @@ from concurrent.futures import Future
 from typing import Any
 
 from .. import resolve
+from ..core.expressions import Expression, parse
+from ..core.steering import SteeringLike
 from ..engine import GenerationOptions, Request
 from ..errors import ContextWindowError, GenerationError, SteeringSpecError, ToolSpecError
-from ..expressions import Expression, parse
-from ..generation import Generation
 from ..prompts import Fitted, Prompt, fit
-from ..spec import SteeringLike
+from ..runtime.generation import Generation
 from ..tools import wire
 from ..tools.formats import HERMES, ToolFormat
 from ..tools.spec import ToolSpec

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..engine import Request
-from ..generation import Generation
 from ..prompts import Fitted
+from ..runtime.generation import Generation
 from ..tools import wire
 from ..tools.formats import HERMES, ToolFormat
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import resolve
+from ..core.expressions import Expression, parse
+from ..core.labels import layer_span
 from ..errors import SteeringSpecError
-from ..expressions import Expression, parse
-from ..labels import layer_span
 
 
 @dataclass(frozen=True)

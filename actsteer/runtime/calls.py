@@ -9,14 +9,14 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..core.steering import Steering, SteeringLike
 from ..engine import GenerationOptions, Request
 from ..errors import SteeringSpecError
-from ..generation import Generation
 from ..prompts import Prompt
-from ..spec import Steering, SteeringLike
+from .generation import Generation
 
 if TYPE_CHECKING:
-    from ..local import LocalEngine
+    from .local import LocalEngine
 
 
 class GenerationCalls:

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..errors import GenerationError, OptionsError
-from ..generation import Generation
+from .generation import Generation
 
 #: How long a stream waits for its next token when the call has no timeout.
 STALL = 600.0

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from .. import combine, hooks, prompts
+from .. import prompts
+from ..apply import combine, hooks
+from ..core.vector import ModelFingerprint
 from ..errors import GenerationError
-from ..layers import placement
 from ..tools.spec import ToolSpec
-from ..vector import ModelFingerprint
+from .layers import placement
 
 
 class ModelHandle:

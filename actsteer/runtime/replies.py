@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..engine import Request
-from ..generation import Generation, cut_at_stop
 from ..tools.formats import format_for
+from .generation import Generation, cut_at_stop
 
 
 def decode_reply(tokenizer: Any, ids: Sequence[int]) -> str:

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-from .. import combine, hooks
+from ..apply import combine, hooks
 from ..constrain.decode import Grammars
 from ..engine import Request
-from ..generation import CallCancel, Generation, RowStops, RowStreamer, SeededSampler, TokenQueue
+from .generation import CallCancel, Generation, RowStops, RowStreamer, SeededSampler, TokenQueue
 from .handle import ModelHandle
 from .replies import read_reply
 

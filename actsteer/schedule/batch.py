@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import hooks
+from ..apply import hooks
 from ..runtime.handle import ModelHandle
 from .row import LiveRow
 

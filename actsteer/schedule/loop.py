@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .. import worker
 from ..constrain.decode import Grammars
-from ..generation import Generation
+from ..runtime import worker
+from ..runtime.generation import Generation
 from ..runtime.handle import ModelHandle
 from .batch import RunningBatch
 from .row import LiveRow

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
-from .. import combine, worker
+from ..apply import combine
 from ..constrain.decode import Grammars, RowGrammars
 from ..engine import Request
-from ..generation import CallCancel, Generation, RowStops, SeededSampler, TokenQueue
+from ..runtime import worker
+from ..runtime.generation import CallCancel, Generation, RowStops, SeededSampler, TokenQueue
 from ..runtime.handle import ModelHandle
 from ..runtime.rows import finish
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .. import presets
 
 if TYPE_CHECKING:
-    from ..model import SteeredModel
+    from ..runtime.model import SteeredModel
 
 
 def write_bundle(

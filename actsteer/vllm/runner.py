@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .. import hooks
+from ..apply import hooks
 from .served import XARG, Compiled, ServedModel, compile_spec
 
 #: Distinct steerings held at once (two table rows each: prompt and generated deltas).

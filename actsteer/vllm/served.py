@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from .. import combine, hooks, resolve
+from .. import resolve
+from ..apply import combine, hooks
+from ..core.expressions import Expression, parse
+from ..core.vector import ModelFingerprint, SteeringVector
 from ..errors import SteeringSpecError
-from ..expressions import Expression, parse
-from ..vector import ModelFingerprint, SteeringVector
 
 BUNDLE_ENV = "ACTSTEER_SERVE_BUNDLE"
 #: The per-request key in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP).

@@ -6,10 +6,10 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from actsteer import Steering, presets
-from actsteer import extract as ex
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
 from actsteer.evaluate.checks import judge
+from actsteer.train import extract as ex
 
 pytestmark = pytest.mark.integration
 

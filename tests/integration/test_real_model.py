@@ -8,9 +8,10 @@ import threading
 import pytest
 import torch
 
-from actsteer import DefaultModelError, Steering, SteeringVector, presets, worker
-from actsteer.extract import mean_diff
-from actsteer.hooks import current_state
+from actsteer import DefaultModelError, Steering, SteeringVector, presets
+from actsteer.apply.hooks import current_state
+from actsteer.runtime import worker
+from actsteer.train.extract import mean_diff
 
 pytestmark = pytest.mark.integration
 

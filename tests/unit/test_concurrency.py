@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import build_tiny, random_vector
 
-from actsteer import Steering, worker
-from actsteer.hooks import current_state
+from actsteer import Steering
+from actsteer.apply.hooks import current_state
+from actsteer.runtime import worker
 
 GEN = {"max_new_tokens": 8}
 PROMPTS = [f"prompt number {i}" for i in range(8)]

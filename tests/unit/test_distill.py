@@ -10,20 +10,14 @@ import pytest
 import torch
 from conftest import MORE_CONFIGS, TINY_CONFIGS, build_tiny
 
-from actsteer import (
-    DistillationError,
-    GenerationError,
-    SteeringSpecError,
-    SteeringVector,
-    hooks,
-    presets,
-)
-from actsteer import distill as D
-from actsteer import extract as ex
-from actsteer import fidelity as F
-from actsteer import teacher as T
+from actsteer import DistillationError, GenerationError, SteeringSpecError, SteeringVector, presets
+from actsteer.apply import hooks
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
+from actsteer.train import extract as ex
+from actsteer.train.distill import fidelity as F
+from actsteer.train.distill import loop as D
+from actsteer.train.distill import teacher as T
 
 PROMPT = "Always answer like a pirate."
 INPUTS = neutral_inputs("train")[:24]

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actsteer.errors import SteeringSpecError
-from actsteer.expressions import (
+from actsteer.core.expressions import (
     MAX_LAYER,
     Expression,
     ExpressionError,
@@ -18,6 +17,7 @@ from actsteer.expressions import (
     parse,
     suggest,
 )
+from actsteer.errors import SteeringSpecError
 
 T = TermExpr
 

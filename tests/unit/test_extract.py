@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny
 
 from actsteer import Steering, SteeringSpecError
-from actsteer import extract as ex
+from actsteer.train import extract as ex
 
 PAIRS = [
     ("a happy sunny morning", "a sad rainy morning"),

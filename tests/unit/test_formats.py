@@ -1,4 +1,4 @@
-"""Tests of actsteer.formats: bit-exact round trips, interop with repeng 0.4 and llama.cpp
+"""Tests of actsteer.core.formats: bit-exact round trips, interop with repeng 0.4 and llama.cpp
 control-vector GGUF, one test per validation rule, and property tests that garbled or hostile
 files only ever raise VectorFileError."""
 
@@ -20,8 +20,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actsteer.core.formats import read_gguf, read_native, write_gguf, write_native
 from actsteer.errors import LayerError, NonFiniteError, VectorFileError, VectorShapeError
-from actsteer.formats import read_gguf, read_native, write_gguf, write_native
 
 HIDDEN = 24
 
@@ -566,7 +566,7 @@ def test_hostile_safetensors_headers_only_raise_vector_file_error(
 
 def test_gguf_model_hint_is_the_architecture_name(tmp_path):
     from actsteer import ModelFingerprint, SteeringVector, VectorMeta
-    from actsteer.vector import arch_name
+    from actsteer.core.vector import arch_name
 
     assert [arch_name(a) for a in ("LlamaForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel")] == [
         "llama",

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from actsteer import SteeredModel, Steering
-from actsteer.spec import steering_info
+from actsteer.core.steering import steering_info
 from llamaindex_steer import SteerLLM
 from llamaindex_steer.structured import ExampleJSONParser
 

@@ -11,8 +11,9 @@ import threading
 import pytest
 from conftest import random_vector
 
-from actsteer import GenerationOptions, Request, Steering, worker
-from actsteer.generation import CallCancel
+from actsteer import GenerationOptions, Request, Steering
+from actsteer.runtime import worker
+from actsteer.runtime.generation import CallCancel
 from actsteer.schedule.batch import supports_joining
 
 PROMPTS = [
@@ -262,7 +263,7 @@ def test_a_constrained_row_joins_a_run_started_before_any_grammar_existed():
 def test_a_joiner_that_fails_fails_alone_and_the_run_goes_on(llama, monkeypatch):
     """A row whose own processing raises (here: its sampler) fails its own call; the rows
     decoding beside it, and the calls that join after it, give what they give alone."""
-    from actsteer.generation import SeededSampler
+    from actsteer.runtime.generation import SeededSampler
 
     def broken(self, input_ids, scores):
         raise RuntimeError("sampler broke")

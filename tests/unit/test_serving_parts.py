@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import build_tiny, random_vector
 
-from actsteer import CoefficientError, Steering, SteeringSpecError, SteeringVector, combine
+from actsteer import CoefficientError, Steering, SteeringSpecError, SteeringVector
+from actsteer.apply import combine
 from actsteer.remote import RemoteEngine, RemoteSteering, merged
 from actsteer.vllm.bundle import write_bundle
 from actsteer.vllm.served import ServedModel, compile_spec, parse_spec

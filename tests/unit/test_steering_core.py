@@ -7,7 +7,7 @@ import torch
 from conftest import MORE_CONFIGS, build_tiny, random_vector
 
 from actsteer import GenerationError, Steering, SteeringSpecError, SteeringVector
-from actsteer.hooks import current_state
+from actsteer.apply.hooks import current_state
 
 PROMPTS = ["hello world", "a much longer prompt about the sea", "x", "tell me more"]
 GEN = {"max_new_tokens": 10}
@@ -281,13 +281,13 @@ def test_an_offloaded_layer_is_steered_where_it_runs(tmp_path):
     steered = offloaded.generate("hello", Steering(v), max_new_tokens=6)
     assert steered == sm.generate("hello", Steering(v), max_new_tokens=6)
     assert steered != sm.generate("hello", max_new_tokens=6)
-    from actsteer.layers import placement
+    from actsteer.runtime.layers import placement
 
     assert placement(offloaded.layers[1]) == (torch.device("cpu"), torch.float32)
 
 
 def test_resolve_applies_coeff_and_positions_overrides(llama):
-    from actsteer.spec import steering_info
+    from actsteer.core.steering import steering_info
 
     v = random_vector(llama, [1], 1.0)
     (s,) = llama.resolve([Steering((v, 2.0), 3.0)], coeff=0.5, positions="generated")
@@ -300,7 +300,7 @@ def test_resolve_applies_coeff_and_positions_overrides(llama):
 
 def test_shared_returns_one_model_per_id(monkeypatch):
     from actsteer import SteeredModel
-    from actsteer import model as model_module
+    from actsteer.runtime import model as model_module
 
     built = []
     monkeypatch.setattr(model_module, "_SHARED", {})

@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_tokenizer
 
 from actsteer import GenerationOptions, Request
+from actsteer.cli.serve import tool_flags
 from actsteer.constrain import Constraint
 from actsteer.prompts import render
 from actsteer.remote import RemoteEngine
@@ -19,7 +20,6 @@ from actsteer.remote.replies import Said, generation
 from actsteer.tools import HERMES, tool_specs
 from actsteer.tools.template import generic_template
 from actsteer.tools.wire import CallPieces, openai_message, read_calls
-from actsteer.vllm.serve import tool_flags
 
 WEATHER = {
     "type": "function",

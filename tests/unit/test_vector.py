@@ -173,7 +173,7 @@ def test_missing_and_corrupt_files_raise_vector_file_error(tmp_path):
     ],
 )
 def test_metadata_that_would_misdirect_steering_is_refused(tmp_path, meta, match):
-    from actsteer.formats.native import write_native
+    from actsteer.core.formats.native import write_native
 
     path = tmp_path / "v.safetensors"
     write_native(path, {1: torch.ones(8)}, meta)

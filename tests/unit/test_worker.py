@@ -10,9 +10,10 @@ import time
 import pytest
 from conftest import build_tiny, random_vector
 
-from actsteer import Steering, SteeringVector, worker
+from actsteer import Steering, SteeringVector
 from actsteer.errors import VectorShapeError
-from actsteer.extract import mean_diff
+from actsteer.runtime import worker
+from actsteer.train.extract import mean_diff
 
 GEN = {"max_new_tokens": 8}
 PROMPTS = [f"query {i}" for i in range(6)]

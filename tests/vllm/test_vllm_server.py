@@ -23,10 +23,10 @@ from actsteer import (
     SteeringSpecError,
     SteeringVector,
 )
+from actsteer.cli import launch
 from actsteer.constrain import Constraint
 from actsteer.prompts import fit
 from actsteer.remote import remote_engine
-from actsteer.vllm import launch
 from langchain_steer import ChatSteer
 from langchain_steer import SteerLLM as LangChainLLM
 from llamaindex_steer import SteerLLM

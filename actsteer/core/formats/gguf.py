@@ -31,8 +31,7 @@ import gguf
 import numpy as np
 import torch
 
-from actsteer.errors import VectorFileError
-from actsteer.formats._common import (
+from actsteer.core.formats._common import (
     atomic_write,
     check_loaded,
     checked_size,
@@ -41,6 +40,7 @@ from actsteer.formats._common import (
     prepare_directions,
     require_layer,
 )
+from actsteer.errors import VectorFileError
 
 ARCH = "controlvector"
 _PathLike = str | os.PathLike[str]

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..core.steering import Steering
+from ..core.vector import ModelFingerprint, add_aligned
+from ..errors import SteeringSpecError
 from . import hooks
-from .errors import SteeringSpecError
-from .spec import Steering
-from .vector import ModelFingerprint, add_aligned
 
 Compiled = tuple[hooks.RowSpec, str | None]
 """One row's per-layer tensors by ``(positions, operator)``, and its printable steering."""

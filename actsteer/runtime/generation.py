@@ -15,7 +15,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from .tools.spec import InvalidToolCall, ToolCall
+from ..tools.spec import InvalidToolCall, ToolCall
 
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 

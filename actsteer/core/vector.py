@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelMismatchError, NonFiniteError, SteeringSpecError, VectorShapeError
+from ..errors import ModelMismatchError, NonFiniteError, SteeringSpecError, VectorShapeError
 from .labels import layer_span
 from .meta import ModelFingerprint, VectorMeta, arch_name, merge_meta
 

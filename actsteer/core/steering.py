@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from .errors import CoefficientError, LayerError, NonFiniteError, SteeringSpecError
+from ..errors import CoefficientError, LayerError, NonFiniteError, SteeringSpecError
 from .labels import layer_span, number
 from .vector import ModelFingerprint, SteeringVector, add_aligned, unit
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import hooks
+from ...apply import hooks
 from .teacher import Example, log1mexp, reply_logprobs
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from ...runtime.model import SteeredModel
 
 
 def _padded_targets(examples: Sequence[Example], device: torch.device):

@@ -13,17 +13,19 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import activations, combine, hooks, prompts, resolve, worker
-from .default_model import DEFAULT_MODEL_NAME, ensure_converted, is_embedded
+from .. import prompts, resolve
+from ..apply import combine, hooks
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import ModelFingerprint, SteeringVector
+from ..default_model import DEFAULT_MODEL_NAME, ensure_converted, is_embedded
+from ..prompts import Prompt
+from ..tools.spec import ToolSpec
+from . import activations, worker
+from .calls import GenerationCalls
+from .handle import ModelHandle
 from .layers import find_layers
+from .loading import check_model_kwargs, load_pretrained
 from .local import LocalEngine
-from .prompts import Prompt
-from .runtime.calls import GenerationCalls
-from .runtime.handle import ModelHandle
-from .runtime.loading import check_model_kwargs, load_pretrained
-from .spec import Steering, SteeringLike
-from .tools.spec import ToolSpec
-from .vector import ModelFingerprint, SteeringVector
 
 __all__ = ["Prompt", "SteeredModel"]
 
@@ -179,7 +181,7 @@ class SteeredModel(GenerationCalls):
     def preset(self, name: str, *, layers: Sequence[int] | None = None) -> SteeringVector:
         """A built-in behaviour's vector for this model (extracted once, then cached on disk),
         on its default layers and scaled so that coefficient 1 is its default strength."""
-        from . import presets
+        from .. import presets
 
         return presets.ready_vector(self, name, layers=layers)
 

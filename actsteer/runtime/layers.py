@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UnknownArchitectureError
+from ..errors import UnknownArchitectureError
 
 #: Attribute paths of the decoder-layer list in common families, tried in order.
 KNOWN_LAYER_PATHS: tuple[str, ...] = (

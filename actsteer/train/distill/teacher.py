@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import GenerationConfig
 
-from . import hooks
+from ...apply import hooks
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from ...runtime.model import SteeredModel
 
 
 def chats(system_prompt: str, inputs: Sequence[str], template: bool) -> tuple[list, list]:

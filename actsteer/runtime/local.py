@@ -15,25 +15,21 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from . import combine, resolve, worker
-from .constrain.decode import Grammars
-from .engine import GenerationOptions, Request, checked
-from .errors import GenerationError
-from .generation import (
-    CallCancel,
-    Generation,
-    TokenQueue,
-    cut_at_stop,
-    safe_length,
-)
-from .prompts import Prompt, context_window, fit
-from .runtime.replies import decode_reply, until_eos
-from .runtime.rows import Rows, finish, generate_rows
-from .schedule.batch import supports_joining
-from .schedule.loop import Run
-from .spec import Steering, SteeringLike
-from .tools.formats import format_for, shown_content
-from .tools.spec import ToolSpec
+from .. import resolve
+from ..apply import combine
+from ..constrain.decode import Grammars
+from ..core.steering import Steering, SteeringLike
+from ..engine import GenerationOptions, Request, checked
+from ..errors import GenerationError
+from ..prompts import Prompt, context_window, fit
+from ..schedule.batch import supports_joining
+from ..schedule.loop import Run
+from ..tools.formats import format_for, shown_content
+from ..tools.spec import ToolSpec
+from . import worker
+from .generation import CallCancel, Generation, TokenQueue, cut_at_stop, safe_length
+from .replies import decode_reply, until_eos
+from .rows import Rows, finish, generate_rows
 
 if TYPE_CHECKING:
     from .model import SteeredModel

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .errors import ExpressionError, SteeringSpecError
+from ..errors import ExpressionError, SteeringSpecError
 from .labels import layer_span, number
 
 MAX_LENGTH = 10_000

@@ -10,15 +10,15 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ActsteerError
+from ..errors import ActsteerError
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from ..runtime.model import SteeredModel
 
 
 def load_model(args: argparse.Namespace) -> SteeredModel:
     """The model a command runs on: ``--model`` if given, else the embedded SmolLM2."""
-    from .model import SteeredModel
+    from ..runtime.model import SteeredModel
 
     if getattr(args, "model", None):
         return SteeredModel.from_pretrained(args.model)
@@ -28,7 +28,7 @@ def load_model(args: argparse.Namespace) -> SteeredModel:
 def _layers(text: str | None) -> list[int] | None:
     if text is None:
         return None
-    from .expressions import parse
+    from ..core.expressions import parse
 
     expr = parse(f"x@{text}")
     return list(expr.terms[0].layers or ())
@@ -39,7 +39,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from . import presets
+    from .. import presets
 
     rows = [
         {
@@ -71,7 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "stop": args.stop,
     }
-    from . import resolve
+    from .. import resolve
 
     steer = resolve.from_text(args.steer) if args.steer else None
     start = time.perf_counter()
@@ -111,7 +111,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from . import extract
+    from ..train import extract
 
     prompt = _template_source(args) if args.method in ("prompt_template", "distill") else ""
     sm = load_model(args)
@@ -180,7 +180,7 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _load_any(path: str):
-    from .vector import SteeringVector
+    from ..core.vector import SteeringVector
 
     return (
         SteeringVector.from_gguf(path)
@@ -235,7 +235,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .vector import SteeringVector
+    from ..core.vector import SteeringVector
 
     vec = SteeringVector.from_gguf(args.file)
     if args.model or args.record_model:
@@ -250,9 +250,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import presets
-    from .data import neutral_inputs
-    from .evaluate.report import evaluate
+    from .. import presets
+    from ..data import neutral_inputs
+    from ..evaluate.report import evaluate
 
     sm = load_model(args)
     prompts = neutral_inputs("heldout")[: args.prompts]
@@ -280,7 +280,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _sweep_source(args: argparse.Namespace):
-    from . import presets
+    from .. import presets
 
     if args.steer in presets.names():
         return args.steer, args.check or presets.get(args.steer).check
@@ -292,7 +292,7 @@ def _sweep_source(args: argparse.Namespace):
 
 
 def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import neutral_inputs
+    from ..data import neutral_inputs
 
     kw: dict[str, Any] = {
         "coeffs": [float(c) for c in args.coeffs.split(",")],
@@ -307,7 +307,7 @@ def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .evaluate.sweep import plot_sweep, sweep
+    from ..evaluate.sweep import plot_sweep, sweep
 
     sm = load_model(args)
     source, check = _sweep_source(args)
@@ -326,7 +326,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .evaluate.sweep import calibrate
+    from ..evaluate.sweep import calibrate
 
     sm = load_model(args)
     source, check = _sweep_source(args)
@@ -344,7 +344,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     sm = load_model(args)
     data = run_demo(sm, max_new_tokens=args.max_new_tokens, quiet=args.json)

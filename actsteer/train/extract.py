@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from . import distill as _distill
-from . import fidelity as _fidelity
-from . import teacher as _teacher
-from . import worker
-from .data import neutral_inputs
-from .errors import SteeringSpecError
-from .generation import CallCancel
-from .prompts import Prompt
-from .vector import SteeringVector, VectorMeta
+from ..core.vector import SteeringVector, VectorMeta
+from ..data import neutral_inputs
+from ..errors import SteeringSpecError
+from ..prompts import Prompt
+from ..runtime import worker
+from ..runtime.generation import CallCancel
+from .distill import fidelity as _fidelity
+from .distill import loop as _distill
+from .distill import teacher as _teacher
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from ..runtime.model import SteeredModel
 
 Read = Literal["last", "mean"]
 
@@ -274,7 +274,7 @@ def distill(
     """Compile a system prompt (or a user template containing ``{input}``) into per-layer vectors
     by context distillation: the vectors are trained so that the model *without* the prompt,
     steered by them at ``positions``, predicts what the model *with* the prompt predicts on its
-    own replies (see ``actsteer.distill``).
+    own replies (see ``actsteer.train.distill.loop``).
 
     ``inputs`` (default: the 200 shipped neutral messages) are split, with ``seed``, into
     training and dev sets (dev: early stopping and the coefficient, which is baked into the
@@ -282,7 +282,7 @@ def distill(
     messages, or 15 % of ``inputs`` when you pass your own), never seen in training. ``layers``
     default to every layer but 0, which llama.cpp never steers. More settings (``top_k``,
     ``first_weight``, ``eval_every``, ``patience``, ``coeffs``, ``schedule``, ``init``) are those of
-    ``actsteer.distill.DistillConfig``. The vector's metadata carries a training card
+    ``actsteer.train.distill.loop.DistillConfig``. The vector's metadata carries a training card
     (``meta.extra["training"]``): settings, steps, losses, dev and test fidelity, positions,
     time. Runs on the generation thread (other calls wait); ``cancel`` (or an interrupt of the
     waiting caller) stops it between steps with ``DistillationError``, and nothing is returned

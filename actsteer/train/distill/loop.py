@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import hooks
-from .errors import DistillationError, SteeringSpecError
+from ...apply import hooks
+from ...errors import DistillationError, SteeringSpecError
 from .fidelity import batched_kl, mean_kl
 from .teacher import Example
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from ...runtime.model import SteeredModel
 
 #: Positions a distilled vector can be trained for (ActAdd's per-position form cannot).
 POSITIONS = ("all", "prompt", "generated")

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import combine, hooks
-from .errors import LayerError, SteeringSpecError
-from .prompts import Prompt
-from .spec import SteeringLike
+from ..apply import combine, hooks
+from ..core.steering import SteeringLike
+from ..errors import LayerError, SteeringSpecError
+from ..prompts import Prompt
 
 if TYPE_CHECKING:
     from .model import SteeredModel

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..errors import ActsteerError
 from .commands import (
     cmd_calibrate,
     cmd_demo,
@@ -24,8 +25,7 @@ from .commands import (
     cmd_presets,
     cmd_sweep,
 )
-from .errors import ActsteerError
-from .vllm.serve import cmd_serve
+from .serve import cmd_serve
 
 EXIT_BAD_INPUT = 2
 
@@ -158,7 +158,7 @@ def _check_expression(text: str | None, *, json_ok: bool = False) -> None:
     """Fail fast, before loading any model: the expression (or, where taken, the JSON of
     Steering fields) parses and its presets exist."""
     if text:
-        from .resolve import check, from_text
+        from ..resolve import check, from_text
 
         if json_ok:
             from_text(text)

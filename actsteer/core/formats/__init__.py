@@ -4,7 +4,7 @@ reader that validates everything and turns every file problem into ``VectorFileE
 Directions are keyed by 0-based decoder layer N (Hugging Face ``layers[N]``), stored as
 float32 tensors named ``direction.N``."""
 
-from actsteer.formats.gguf import read_gguf, write_gguf
-from actsteer.formats.native import read_native, write_native
+from actsteer.core.formats.gguf import read_gguf, write_gguf
+from actsteer.core.formats.native import read_native, write_native
 
 __all__ = ["read_gguf", "read_native", "write_gguf", "write_native"]

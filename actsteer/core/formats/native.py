@@ -17,7 +17,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from actsteer.formats._common import (
+from actsteer.core.formats._common import (
     DIRECTION_SHAPES,
     MAX_FILE_BYTES,
     atomic_write,

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ModelMismatchError, SteeringSpecError
+from ..errors import ModelMismatchError, SteeringSpecError
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..commands import load_model
 from ..errors import ActsteerError
-from .bundle import write_bundle
+from ..vllm.bundle import write_bundle
+from ..vllm.served import BUNDLE_ENV
+from .commands import load_model
 from .launch import READY
-from .served import BUNDLE_ENV
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

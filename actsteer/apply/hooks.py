@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import GenerationError
 from . import interventions
-from .errors import GenerationError
 
 #: Operators run in this order inside a layer: remove, then add, then norm-preserving add.
 _OP_ORDER = {"ablate": 0, "add": 1, "add_norm_preserving": 2}
