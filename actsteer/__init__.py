@@ -10,7 +10,7 @@
 from .call_options import CallOptions
 from .core.steering import Steering, Term
 from .core.vector import ModelFingerprint, SteeringVector, VectorMeta
-from .engine import Engine, GenerationOptions, Request
+from .engine import Engine, Generation, GenerationOptions, Request
 from .errors import (
     ActsteerError,
     CoefficientError,
@@ -31,7 +31,6 @@ from .errors import (
     VectorFileError,
     VectorShapeError,
 )
-from .runtime.generation import Generation
 from .runtime.model import SteeredModel
 from .train import extract
 

@@ -30,14 +30,67 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .constrain.spec import Constraint
-from .core.steering import Steering, SteeringLike, steering_info
+from .core.steering import SteeringLike
 from .errors import OptionsError, SteeringSpecError, ToolSpecError
 from .prompts import Prompt, Truncate, check_truncate
-from .runtime.generation import Generation
-from .tools.spec import ToolSpec, tool_choice, tool_specs
+from .tools.spec import InvalidToolCall, ToolCall, ToolSpec, tool_choice, tool_specs
+
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion with its accounting: text, token counts, why it ended, what steered it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    steering: str | None = None
+    token_ids: tuple[int, ...] = ()
+    """The generated ids as counted in ``completion_tokens`` (the ending EOS included); with a
+    stop string they run to the step where it was found, past the cut text."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Well-formed calls of the request's tools (``text`` is then the content around them)."""
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
+    """Calls that could not be parsed, or name no bound tool."""
+    truncated_tokens: int = 0
+    """Tokens of the prompt that were not sent, to fit the context window (``truncate=``)."""
+
+
+class CallCancel:
+    """A call's cancel flag: set by actsteer (an interrupted wait, an abandoned stream, a
+    cancelled task) or by the caller's own event, which actsteer only reads, never sets."""
+
+    def __init__(self, outer: threading.Event | CallCancel | None = None) -> None:
+        self._own = threading.Event()
+        self._outer = outer
+
+    def set(self) -> None:
+        self._own.set()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._outer is not None and self._outer.is_set())
+
+
+@runtime_checkable
+class SteeringValue(Protocol):
+    """One resolved steering as a ``Request`` carries it: a ``Steering`` (vectors in hand) or a
+    ``RemoteSteering`` (an expression a server resolves). Engines read only this surface."""
+
+    @property
+    def is_zero(self) -> bool: ...
+
+    def info(self) -> dict[str, Any]:
+        """What it applies, for response metadata and traces."""
+        ...
+
+    def key(self) -> str:
+        """Content identity: equal keys steer identically."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +139,9 @@ class Request:
     reply must look like: a ``constraint`` (JSON schema, regex, grammar) or tools it may call."""
 
     prompt: Prompt
-    steering: tuple[Steering, ...] = ()
+    steering: tuple[SteeringValue, ...] = ()
+    """Resolved by the engine that runs it (``Engine.resolve``): ``Steering`` values in process,
+    ``RemoteSteering`` values for a server."""
     options: GenerationOptions = field(default_factory=GenerationOptions)
     constraint: Constraint | None = None
     """A grammar the reply follows token by token (``actsteer.constrain``)."""
@@ -116,25 +171,14 @@ class Request:
 
     def info(self) -> dict[str, Any]:
         """What steers this request, for response metadata and traces."""
-        if all(isinstance(s, Steering) for s in self.steering):
-            return steering_info(self.steering)
-        infos = [s.info() for s in self.steering]  # another engine's steering values
+        infos = [s.info() for s in self.steering]
         expression = " + ".join(i["expression"] for i in infos if i["expression"])
         return {"expression": expression or None, "terms": [t for i in infos for t in i["terms"]]}
 
     def key(self) -> tuple[Any, ...]:
         """Content identity: requests with equal keys generate the same output (prompt,
         steering by vector digests and settings, options)."""
-        steering = tuple(
-            json.dumps(
-                {**steering_info([s]), "relative": s.relative, "force": s.force, "at": s.layers},
-                sort_keys=True,
-                default=list,
-            )
-            if isinstance(s, Steering)
-            else repr(s)
-            for s in self.steering
-        )
+        steering = tuple(s.key() for s in self.steering)
         shape = (self.constraint, self.tools, self.tool_choice, self.parallel_tool_calls)
         shape += (self.truncate,)
         return (json.dumps(self.prompt, sort_keys=True, default=str), steering, self.options, shape)
@@ -170,8 +214,9 @@ class Engine(Protocol):
 
     def resolve(
         self, steering: SteeringLike, *, coeff: float | None = None, positions: str | None = None
-    ) -> tuple[Steering, ...]:
-        """Any accepted steering form as ``Steering`` values for this engine's model."""
+    ) -> tuple[SteeringValue, ...]:
+        """Any accepted steering form as this engine's steering values (``Steering`` in
+        process; a server's engine keeps expressions, which the server resolves)."""
         ...
 
     def generate(

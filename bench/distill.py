@@ -37,6 +37,7 @@ from actsteer.data import neutral_inputs
 from actsteer.train.distill import fidelity
 from actsteer.train.distill import loop as D
 from actsteer.train.distill import teacher as T
+from actsteer.train.prepare import extract as extract_preset
 
 FORMS = ("shared", "whole")
 INPUTS = 248  # 184 training, 16 dev and 48 test inputs, as a distillation of the presets
@@ -110,7 +111,7 @@ def whole_runs(sm: SteeredModel, names: list[str]) -> dict:
         out[name] = {}
         for f in FORMS if i % 2 == 0 else FORMS[::-1]:
             with form(f):
-                card = presets.extract(sm, presets.get(name), progress=False).meta.extra["training"]
+                card = extract_preset(sm, presets.get(name), progress=False).meta.extra["training"]
             out[name][f] = {
                 k: card[k] for k in ("time_s", "test_fidelity", "dev_fidelity", "steps_run")
             }

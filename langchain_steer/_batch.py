@@ -30,9 +30,8 @@ from langchain_core.runnables.configurable import (
 )
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 
-from actsteer.engine import Request
+from actsteer.engine import Generation, Request
 from actsteer.runtime import deadline as _deadline
-from actsteer.runtime.generation import Generation
 
 Row = tuple[Any, Any, RunnableConfig]
 """One batch input: the actsteer model that runs it (``ChatSteer``/``SteerLLM``), the input

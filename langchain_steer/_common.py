@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from langchain_core.caches import BaseCache
-from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import LLMResult
@@ -275,9 +273,9 @@ class SteerFields(BaseModel):
         raise NotImplementedError
 
     def _cached(self, value: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> bool:
-        """Whether LangChain's cache will answer this input (so the batch need not run it)."""
-        cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
-        return self.cache is not False and cache is not None
+        """Whether LangChain's cache will answer this input (so the batch need not run it):
+        the same lookup the model's LangChain base class makes before generating."""
+        raise NotImplementedError
 
     def _timeout(self, kwargs: dict[str, Any]) -> float | None:
         """The call's ``timeout`` (per call, else the field's): seconds it may take in all."""

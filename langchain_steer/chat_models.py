@@ -29,10 +29,9 @@ from langchain_core.runnables import (
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from actsteer.engine import Request
+from actsteer.engine import Generation, Request
 from actsteer.prompts import Prompt
 from actsteer.runtime import deadline as _deadline
-from actsteer.runtime.generation import Generation
 from actsteer.tools import tool_specs
 
 from . import _batch

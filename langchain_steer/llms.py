@@ -10,16 +10,17 @@ import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseLLM
 from langchain_core.outputs import Generation as LCGeneration
 from langchain_core.outputs import GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from actsteer.engine import Request
+from actsteer.engine import Generation, Request
 from actsteer.prompts import Prompt
 from actsteer.runtime import deadline as _deadline
-from actsteer.runtime.generation import Generation
 
 from . import _batch
 from ._common import SteerFields, truncated, usage
@@ -88,6 +89,16 @@ class SteerLLM(SteerFields, BaseLLM):
 
     def _prompt_of(self, value: Any) -> Prompt:
         return value.to_string()
+
+    def _cached(self, value: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> bool:
+        cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
+        if self.cache is False or cache is None:
+            return False
+        try:  # the lookup BaseLLM.generate makes (get_prompts): prompt text, sorted params
+            params = {**self._dict_for_compat(), "stop": stop}
+            return isinstance(cache.lookup(value.to_string(), str(sorted(params.items()))), list)
+        except Exception:  # LangChain changed its key: run the row (only time is lost)
+            return False
 
     def _info(self, g: Generation, request: Request) -> dict[str, Any]:
         return {

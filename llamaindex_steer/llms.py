@@ -40,11 +40,10 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 
 from actsteer import SteeredModel, resolve
 from actsteer.default_model import DEFAULT_MODEL_NAME
-from actsteer.engine import Engine, GenerationOptions, Request
+from actsteer.engine import Engine, Generation, GenerationOptions, Request
 from actsteer.prompts import check_budget, check_truncate
 from actsteer.remote import remote_engine
 from actsteer.runtime import deadline
-from actsteer.runtime.generation import Generation
 from actsteer.runtime.loading import check_model
 
 from .calls import (

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ActsteerError
-from ..vllm.bundle import write_bundle
 from ..vllm.served import BUNDLE_ENV
+from .bundle import write_bundle
 from .commands import load_model
 from .launch import READY
 

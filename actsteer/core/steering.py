@@ -6,6 +6,7 @@ one model; the hook machinery in ``hooks.py`` applies them. Nothing here touches
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,12 +22,33 @@ from .vector import ModelFingerprint, SteeringVector, add_aligned, unit
 Positions = Literal["all", "prompt", "generated", "actadd"]
 Operator = Literal["add", "ablate", "add_norm_preserving"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "actadd")
+#: Positions a vector can be trained for (an ActAdd vector is per position: it is not trained).
+TRAINED_POSITIONS: tuple[str, ...] = POSITIONS[:3]
 OPERATORS: tuple[str, ...] = ("add", "ablate", "add_norm_preserving")
 
 #: A layer's steering delta may be at most this many times the layer's typical activation norm.
 MAX_DELTA_RATIO = 100.0
 #: Ablation strength: 1 removes the direction, 2 reflects it; more is never meaningful.
 MAX_ABLATE_STRENGTH = 2.0
+
+
+def check_mode(positions: object, operator: object, coeff: float = 1.0) -> None:
+    """Where and how a steering applies, checked: known positions and operator, no ablation at
+    ActAdd positions, an ablation strength in range. The one check for a ``Steering`` and for
+    a steering written as a mapping (``actsteer.core.wire``)."""
+    if not isinstance(positions, str) or positions not in POSITIONS:
+        raise SteeringSpecError(f"unknown positions {positions!r}; use one of {POSITIONS}")
+    if not isinstance(operator, str) or operator not in OPERATORS:
+        raise SteeringSpecError(f"unknown operator {operator!r}; use one of {OPERATORS}")
+    if operator == "ablate" and positions == "actadd":
+        raise SteeringSpecError(
+            'ablation at ActAdd positions is not defined; ablate at "all" or "prompt" positions'
+        )
+    if operator == "ablate" and not 0.0 <= coeff <= MAX_ABLATE_STRENGTH:
+        raise CoefficientError(
+            f"ablation strength must be in [0, {MAX_ABLATE_STRENGTH}] (1 removes the "
+            f"direction), got {coeff}"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,22 +107,10 @@ class Steering:
         hidden = {t.vector.hidden_size for t in terms}
         if len(hidden) > 1:
             raise SteeringSpecError(f"terms have different hidden sizes {sorted(hidden)}")
-        if positions not in POSITIONS:
-            raise SteeringSpecError(f"unknown positions {positions!r}; use one of {POSITIONS}")
-        if operator not in OPERATORS:
-            raise SteeringSpecError(f"unknown operator {operator!r}; use one of {OPERATORS}")
-        if operator == "ablate" and positions == "actadd":
-            raise SteeringSpecError(
-                'ablation at ActAdd positions is not defined; ablate at "all" or "prompt" positions'
-            )
+        coeff = _finite(coeff, "coefficient")
+        check_mode(positions, operator, coeff)
         if positions != "actadd" and any(t.vector.is_positional for t in terms):
             raise SteeringSpecError('per-position (ActAdd) vectors need positions="actadd"')
-        coeff = _finite(coeff, "coefficient")
-        if operator == "ablate" and not 0.0 <= coeff <= MAX_ABLATE_STRENGTH:
-            raise CoefficientError(
-                f"ablation strength must be in [0, {MAX_ABLATE_STRENGTH}] (1 removes the "
-                f"direction), got {coeff}"
-            )
         if layers is not None:
             layers = tuple(sorted({_layer(x) for x in layers}))
             if not layers:
@@ -121,6 +131,18 @@ class Steering:
         return all(
             t.coeff == 0.0 or all(not bool(d.any()) for d in t.vector.directions.values())
             for t in self.terms
+        )
+
+    def info(self) -> dict[str, object]:
+        """What this steering applies, for traces and response metadata (``steering_info``)."""
+        return steering_info([self])
+
+    def key(self) -> str:
+        """Content identity: equal keys steer identically (vectors by digest, every option)."""
+        return json.dumps(
+            {**self.info(), "relative": self.relative, "force": self.force, "at": self.layers},
+            sort_keys=True,
+            default=list,
         )
 
     def with_options(self, **changes: object) -> Steering:

@@ -38,9 +38,7 @@ def _vector_for(
 ) -> SteeringVector:
     if isinstance(source, SteeringVector):
         return source.select(layers)
-    from .. import presets
-
-    return presets.ready_vector(sm, source, layers=list(layers))
+    return sm.vector(source, list(layers))
 
 
 def sweep(

@@ -20,10 +20,10 @@ from typing import Any
 from .. import resolve
 from ..core.expressions import Expression, parse
 from ..core.steering import SteeringLike
-from ..engine import GenerationOptions, Request
+from ..core.wire import spec_options
+from ..engine import Generation, GenerationOptions, Request
 from ..errors import ContextWindowError, GenerationError, SteeringSpecError, ToolSpecError
 from ..prompts import Fitted, Prompt, fit
-from ..runtime.generation import Generation
 from ..tools import wire
 from ..tools.formats import HERMES, ToolFormat
 from ..tools.spec import ToolSpec
@@ -75,7 +75,7 @@ class RemoteEngine:
 
     def resolve(
         self, steering: SteeringLike, *, coeff: float | None = None, positions: str | None = None
-    ) -> tuple[RemoteSteering, ...]:  # type: ignore[override]
+    ) -> tuple[RemoteSteering, ...]:
         resolve.check(steering, coeff=coeff, positions=positions)
         if steering is None:
             return ()
@@ -94,12 +94,12 @@ class RemoteEngine:
                 texts.append(item)
             elif isinstance(item, Mapping):
                 fold()
-                expression, options = resolve.spec_options(item)
+                expression, options = spec_options(item)
                 if coeff is not None:
                     options["coeff"] = options.get("coeff", 1.0) * coeff
                 if positions is not None:
                     options["positions"] = positions
-                resolve.spec_options({"expression": expression, **options})  # as it will go
+                spec_options({"expression": expression, **options})  # as it will go
                 out.append(RemoteSteering(parse(expression).canonical(), **options))
             else:
                 raise SteeringSpecError(

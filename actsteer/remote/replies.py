@@ -8,9 +8,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from ..engine import Request
+from ..engine import Generation, Request
 from ..prompts import Fitted
-from ..runtime.generation import Generation
 from ..tools import wire
 from ..tools.formats import HERMES, ToolFormat
 

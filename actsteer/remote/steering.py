@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import resolve
 from ..core.expressions import Expression, parse
 from ..core.labels import layer_span
+from ..core.wire import MAX_SPECS
 from ..errors import SteeringSpecError
 
 
@@ -73,7 +73,13 @@ class RemoteSteering:
         text = Expression(terms).canonical()
         return text + (f" [{', '.join(opts)}]" if opts else "")
 
+    def key(self) -> str:
+        """Content identity: the server resolves equal keys to the same steering."""
+        return json.dumps(self.body(), sort_keys=True)
+
     def info(self) -> dict[str, Any]:
+        """What this steering applies, as ``Steering.info`` reports it (names, not digests: the
+        vectors are the server's)."""
         scale = 1.0 if self.operator == "ablate" or self.coeff is None else self.coeff
         return {
             "expression": self.describe(),
@@ -96,10 +102,9 @@ def merged(steerings: Sequence[RemoteSteering]) -> str | None:
     if len(steerings) <= 1:
         return steerings[0].spec() if steerings else None
     if not all(s.plain for s in steerings) or len({s.positions for s in steerings}) > 1:
-        if len(steerings) > resolve.MAX_SPECS:
+        if len(steerings) > MAX_SPECS:
             raise SteeringSpecError(
-                f"a remote request carries at most {resolve.MAX_SPECS} steerings, got "
-                f"{len(steerings)}"
+                f"a remote request carries at most {MAX_SPECS} steerings, got {len(steerings)}"
             )
         return json.dumps([s.body() for s in steerings], sort_keys=True)
     terms = tuple(

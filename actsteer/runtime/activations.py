@@ -15,7 +15,7 @@ from ..errors import LayerError, SteeringSpecError
 from ..prompts import Prompt
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from .surface import Steerable
 
 #: Neutral text used to measure each layer's typical activation norm.
 NORM_TEXTS = (
@@ -26,7 +26,7 @@ NORM_TEXTS = (
 )
 
 
-def typical_norms(sm: SteeredModel) -> dict[int, float]:
+def typical_norms(sm: Steerable) -> dict[int, float]:
     """Each layer's mean hidden-state norm per token on ``NORM_TEXTS``, skipping each row's
     first token (attention sinks carry outsized norms)."""
     states = hidden_states(sm, [sm.encode(t) for t in NORM_TEXTS], range(sm.num_layers))
@@ -37,7 +37,7 @@ def typical_norms(sm: SteeredModel) -> dict[int, float]:
 
 
 def hidden_states(
-    sm: SteeredModel,
+    sm: Steerable,
     encoded: Sequence[Sequence[int]],
     layers: Sequence[int] | range,
     *,
@@ -77,7 +77,7 @@ def hidden_states(
 
 
 def continuation_logprobs(
-    sm: SteeredModel,
+    sm: Steerable,
     prompt: Prompt,
     continuation: str | Sequence[int],
     steering: SteeringLike = None,

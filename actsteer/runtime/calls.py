@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.steering import Steering, SteeringLike
-from ..engine import GenerationOptions, Request
+from ..engine import Generation, GenerationOptions, Request
 from ..errors import SteeringSpecError
 from ..prompts import Prompt
-from .generation import Generation
 
 if TYPE_CHECKING:
     from .local import LocalEngine

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..engine import Generation
 from ..errors import GenerationError, OptionsError
-from .generation import Generation
 
 #: How long a stream waits for its next token when the call has no timeout.
 STALL = 600.0

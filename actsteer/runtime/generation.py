@@ -1,5 +1,6 @@
-"""Generation helpers that keep calls independent: seeded per-row sampling, cancellation, stop
-strings, and the incremental text buffer that makes streamed text equal non-streamed text."""
+"""Hugging Face generation helpers that keep calls independent: seeded per-row sampling,
+cancellation, stop strings, and the incremental text buffer that makes streamed text equal
+non-streamed text. The values they fill in (``Generation``, ``CallCancel``) are in ``engine``."""
 
 from __future__ import annotations
 
@@ -7,37 +8,13 @@ import queue
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from ..tools.spec import InvalidToolCall, ToolCall
-
-FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One completion with its accounting: text, token counts, why it ended, what steered it."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: FinishReason
-    steering: str | None = None
-    token_ids: tuple[int, ...] = ()
-    """The generated ids as counted in ``completion_tokens`` (the ending EOS included); with a
-    stop string they run to the step where it was found, past the cut text."""
-    tool_calls: tuple[ToolCall, ...] = ()
-    """Well-formed calls of the request's tools (``text`` is then the content around them)."""
-    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
-    """Calls that could not be parsed, or name no bound tool."""
-    truncated_tokens: int = 0
-    """Tokens of the prompt that were not sent, to fit the context window (``truncate=``)."""
+from ..engine import CallCancel
 
 
 class SeededSampler(LogitsProcessor):
@@ -73,21 +50,6 @@ class SeededSampler(LogitsProcessor):
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
         return out
-
-
-class CallCancel:
-    """A call's cancel flag: set by actsteer (an interrupted wait, an abandoned stream, a
-    cancelled task) or by the caller's own event, which actsteer only reads, never sets."""
-
-    def __init__(self, outer: threading.Event | CallCancel | None = None) -> None:
-        self._own = threading.Event()
-        self._outer = outer
-
-    def set(self) -> None:
-        self._own.set()
-
-    def is_set(self) -> bool:
-        return self._own.is_set() or (self._outer is not None and self._outer.is_set())
 
 
 class RowStops(StoppingCriteria):

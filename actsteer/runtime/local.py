@@ -19,7 +19,7 @@ from .. import resolve
 from ..apply import combine
 from ..constrain.decode import Grammars
 from ..core.steering import Steering, SteeringLike
-from ..engine import GenerationOptions, Request, checked
+from ..engine import CallCancel, Generation, GenerationOptions, Request, checked
 from ..errors import GenerationError
 from ..prompts import Prompt, context_window, fit
 from ..schedule.batch import supports_joining
@@ -27,12 +27,12 @@ from ..schedule.loop import Run
 from ..tools.formats import format_for, shown_content
 from ..tools.spec import ToolSpec
 from . import worker
-from .generation import CallCancel, Generation, TokenQueue, cut_at_stop, safe_length
+from .generation import TokenQueue, cut_at_stop, safe_length
 from .replies import decode_reply, until_eos
 from .rows import Rows, finish, generate_rows
 
 if TYPE_CHECKING:
-    from .model import SteeredModel
+    from .surface import Steerable
 
 #: How often a stream consumer checks for cancellation and timeouts while no token arrives.
 _POLL_S = 0.05
@@ -41,7 +41,7 @@ _POLL_S = 0.05
 class LocalEngine:
     """The ``Engine`` for a ``SteeredModel`` in this process (``SteeredModel.engine``)."""
 
-    def __init__(self, sm: SteeredModel) -> None:
+    def __init__(self, sm: Steerable) -> None:
         self.sm = sm
         self._grammars: Grammars | None = None
         self._joins: bool | None = None

@@ -18,7 +18,9 @@ from ..apply import combine, hooks
 from ..core.steering import Steering, SteeringLike
 from ..core.vector import ModelFingerprint, SteeringVector
 from ..default_model import DEFAULT_MODEL_NAME, ensure_converted, is_embedded
+from ..presets import Preset
 from ..prompts import Prompt
+from ..sources import prepared, read_file
 from ..tools.spec import ToolSpec
 from . import activations, worker
 from .calls import GenerationCalls
@@ -181,9 +183,21 @@ class SteeredModel(GenerationCalls):
     def preset(self, name: str, *, layers: Sequence[int] | None = None) -> SteeringVector:
         """A built-in behaviour's vector for this model (extracted once, then cached on disk),
         on its default layers and scaled so that coefficient 1 is its default strength."""
-        from .. import presets
+        return self.vector(name, layers)
 
-        return presets.ready_vector(self, name, layers=layers)
+    def vector(self, name: str, layers: Sequence[int] | None = None) -> SteeringVector:
+        """``preset`` as a ``VectorSource`` (what ``resolve`` asks): a preset with no vector
+        prepared for this model is prepared now, once (``actsteer.train.prepare``)."""
+        return prepared.ready(self, name, layers, self._prepare)
+
+    def _prepare(self, preset: Preset) -> SteeringVector:
+        from ..train.prepare import prepare  # explicit preparation: a preset's first use here
+
+        return prepare(self, preset)
+
+    def file(self, path: str) -> SteeringVector:
+        """The vector of a ``file:`` term, checked against this model."""
+        return read_file(path, self.fingerprint)
 
     def activation_norms(self) -> dict[int, float]:
         """Each layer's typical hidden-state norm on neutral text (computed once, then cached)."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..engine import Request
+from ..engine import Generation, Request
 from ..tools.formats import format_for
-from .generation import Generation, cut_at_stop
+from .generation import cut_at_stop
 
 
 def decode_reply(tokenizer: Any, ids: Sequence[int]) -> str:

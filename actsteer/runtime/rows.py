@@ -13,8 +13,8 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 
 from ..apply import combine, hooks
 from ..constrain.decode import Grammars
-from ..engine import Request
-from .generation import CallCancel, Generation, RowStops, RowStreamer, SeededSampler, TokenQueue
+from ..engine import CallCancel, Generation, Request
+from .generation import RowStops, RowStreamer, SeededSampler, TokenQueue
 from .handle import ModelHandle
 from .replies import read_reply
 

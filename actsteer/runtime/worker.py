@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from .generation import CallCancel
+from ..engine import CallCancel
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -280,29 +280,6 @@ def joiners(key: Hashable, room: int) -> list[Job]:
     if not _WORKER.here():
         raise RuntimeError("worker.joiners is for runs on actsteer's generation thread")
     return _WORKER.joiners(key, room)
-
-
-def wait(job: Job) -> Any:
-    """Run ``job`` on the worker and block until its rows are done; an interrupt while waiting
-    (KeyboardInterrupt) stops the job's rows, or drops the job if still queued."""
-    _WORKER.submit(job)
-    try:
-        return job.future.result()
-    except BaseException:
-        job.cancel.set()
-        job.future.cancel()
-        raise
-
-
-async def run(job: Job) -> Any:
-    """Run ``job`` on the worker without blocking the event loop; cancelling the awaiting task
-    stops the job's rows (or drops the job if it is still queued)."""
-    _WORKER.submit(job)
-    try:
-        return await asyncio.wrap_future(job.future)
-    except asyncio.CancelledError:
-        job.cancel.set()
-        raise
 
 
 def call(fn: Callable[[], T], *, cancel: CallCancel | None = None) -> T:

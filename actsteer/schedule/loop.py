@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from ..constrain.decode import Grammars
+from ..engine import Generation
 from ..runtime import worker
-from ..runtime.generation import Generation
 from ..runtime.handle import ModelHandle
 from .batch import RunningBatch
 from .row import LiveRow

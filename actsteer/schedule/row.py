@@ -13,9 +13,9 @@ import torch
 
 from ..apply import combine
 from ..constrain.decode import Grammars, RowGrammars
-from ..engine import Request
+from ..engine import CallCancel, Generation, Request
 from ..runtime import worker
-from ..runtime.generation import CallCancel, Generation, RowStops, SeededSampler, TokenQueue
+from ..runtime.generation import RowStops, SeededSampler, TokenQueue
 from ..runtime.handle import ModelHandle
 from ..runtime.rows import finish
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..apply import hooks
-from .served import XARG, Compiled, ServedModel, compile_spec
+from .served import XARG, ServedModel, ServedSteering, compile_spec
 
 #: Distinct steerings held at once (two table rows each: prompt and generated deltas).
 MAX_SLOTS = 64
@@ -207,7 +207,7 @@ class Entry:
     addition, the local hooks' plan of them."""
 
     slot: int
-    compiled: Compiled
+    compiled: ServedSteering
     plan: hooks.Plan | None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ from .. import resolve
 from ..apply import combine, hooks
 from ..core.expressions import Expression, parse
 from ..core.vector import ModelFingerprint, SteeringVector
+from ..core.wire import json_steerings
 from ..errors import SteeringSpecError
+from ..sources import prepared, read_file
 
 BUNDLE_ENV = "ACTSTEER_SERVE_BUNDLE"
 #: The per-request key in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP).
@@ -33,11 +35,10 @@ XARG = "actsteer"
 
 
 class ServedModel:
-    """What ``actsteer.resolve`` needs of a model: fingerprint, layer count, norms. It reads
-    prepared preset vectors only: a preset with none is ``PresetNotPreparedError``, an HTTP 400
-    (extraction needs the Hugging Face model, which is not in the front end)."""
-
-    prepares_presets = False
+    """The server front end's ``VectorSource``: the model's fingerprint, layer count and norms
+    from the serve bundle. It reads prepared preset vectors only: a preset with none is
+    ``PresetNotPreparedError``, an HTTP 400 (extraction needs the Hugging Face model, which is
+    not in the front end)."""
 
     def __init__(
         self,
@@ -73,21 +74,27 @@ class ServedModel:
     def activation_norms(self) -> dict[int, float]:
         return dict(self._norms)
 
-    def vector_file(self, path: str) -> SteeringVector:
+    def vector(self, name: str, layers: Sequence[int] | None = None) -> SteeringVector:
+        """A preset's vector, read from what ``actsteer serve`` prepared; never trained here."""
+        return prepared.ready(
+            self, name, layers, lambda preset: prepared.read_vector(self.fingerprint, preset)
+        )
+
+    def file(self, path: str) -> SteeringVector:
         """A ``file:`` vector, read once and kept for the server's life: the front end's check
         and the model runner (which may compile a steering again after evicting it) then use the
         same vector, and a file changed or removed later cannot fail a step (a changed vector
         needs a new name or a restart)."""
         if path not in self._files:
-            self._files[path] = resolve.load_vector_file(path, self.fingerprint)
+            self._files[path] = read_file(path, self.fingerprint)
         return self._files[path]
 
-    def has_vector_file(self, path: str) -> bool:
+    def has_file(self, path: str) -> bool:
         return path in self._files or Path(path).is_file()
 
 
 @dataclass(frozen=True)
-class Compiled:
+class ServedSteering:
     """A request's steering. Plain additions are two delta sets, for its prompt tokens and its
     generated ones (the runner's fast path: one table row per token); anything else (ablation,
     norm-preserving addition, ActAdd positions) is the local hooks' one-row ``plan``, which the
@@ -111,15 +118,15 @@ class Compiled:
 def parse_spec(value: object) -> list[dict[str, Any]]:
     """``extra_args["actsteer"]``: an expression (``"json:4 - formal"``), a JSON object of
     ``Steering`` fields (``{"expression": "refusal", "operator": "ablate"}``, see
-    ``resolve.SPEC_FIELDS``) or a JSON list of them, as the steerings of one call. Returns each
-    as a mapping with its expression in canonical form."""
+    ``actsteer.core.wire.SPEC_FIELDS``) or a JSON list of them, as the steerings of one call.
+    Returns each as a mapping with its expression in canonical form."""
     if not isinstance(value, str) or not value.strip():
         raise SteeringSpecError(f"{XARG} must be a steering expression or JSON")
     text = value.strip()
     if text[0] not in "{[":
         return [{"expression": parse(text).canonical()}]
     out = []
-    for expression, options in resolve.json_steerings(text):
+    for expression, options in json_steerings(text):
         canonical = {"expression": parse(expression).canonical(), **options}
         out.append({k: list(v) if isinstance(v, tuple) else v for k, v in canonical.items()})
     return out
@@ -141,21 +148,21 @@ def server_files(model: ServedModel, expression: str) -> str:
             path = model.vectors / (
                 name if name.endswith(".safetensors") else f"{name}.safetensors"
             )
-            if not model.has_vector_file(str(path)):
+            if not model.has_file(str(path)):
                 raise SteeringSpecError(f"file:{name}: no such vector on this server")
             term = dataclasses.replace(term, source=f"file:{path}")
         terms.append(term)
     return Expression(tuple(terms)).canonical()
 
 
-def compile_spec(model: ServedModel, value: object) -> Compiled:
+def compile_spec(model: ServedModel, value: object) -> ServedSteering:
     """Resolve and combine a request's steering exactly as the local engine does."""
     specs = parse_spec(value)
     steerings = [
         s
         for spec in specs
         for s in resolve.resolve(
-            model,  # type: ignore[arg-type]
+            model,
             {**spec, "expression": server_files(model, spec["expression"])},
         )
     ]
@@ -164,11 +171,11 @@ def compile_spec(model: ServedModel, value: object) -> Compiled:
     positional = any(where != "all" for where, _ in row)
     if any(operator != "add" or where == "actadd" for where, operator in row):
         plan = hooks.Plan.build([row], starts=torch.zeros(1, dtype=torch.long))
-        return Compiled(key, {}, {}, plan, positional)
+        return ServedSteering(key, {}, {}, plan, positional)
     by_positions = {where: dict(deltas) for (where, _), (deltas, _) in row.items()}
     prompt = _sum(by_positions.get("all", {}), by_positions.get("prompt", {}))
     generated = _sum(by_positions.get("all", {}), by_positions.get("generated", {}))
-    return Compiled(key, prompt, generated, None, positional)
+    return ServedSteering(key, prompt, generated, None, positional)
 
 
 def _sum(a: Mapping[int, torch.Tensor], b: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:

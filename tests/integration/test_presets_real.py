@@ -10,6 +10,7 @@ from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
 from actsteer.evaluate.checks import judge
 from actsteer.train import extract as ex
+from actsteer.train.prepare import prepare
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,7 @@ def test_distilled_presets_load_without_training(real, monkeypatch):
 
     monkeypatch.setattr(presets, "extract", refuse)
     for name in ("json", "concise", "french", "friendly"):
-        vec = presets.load_or_extract(real, presets.get(name))
+        vec = prepare(real, presets.get(name))
         assert vec.meta.method == "distill" and vec.layers == tuple(range(1, 30))
 
 

@@ -14,10 +14,12 @@ from actsteer import DistillationError, GenerationError, SteeringSpecError, Stee
 from actsteer.apply import hooks
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
+from actsteer.sources.prepared import cache_path
 from actsteer.train import extract as ex
 from actsteer.train.distill import fidelity as F
 from actsteer.train.distill import loop as D
 from actsteer.train.distill import teacher as T
+from actsteer.train.prepare import prepare
 
 PROMPT = "Always answer like a pirate."
 INPUTS = neutral_inputs("train")[:24]
@@ -246,8 +248,8 @@ def test_a_nan_loss_fails_and_nothing_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "mean_kl", lambda *a, **k: real_kl(*a, **k) * float("nan"))
     preset = presets.get("french")
     with pytest.raises(DistillationError, match="loss became nan"):
-        presets.load_or_extract(tiny, preset, progress=False)
-    assert not presets.cache_path(tiny, preset).exists()
+        prepare(tiny, preset, progress=False)
+    assert not cache_path(tiny.fingerprint, preset).exists()
     assert not list(tmp_path.rglob("*.safetensors"))
 
 

@@ -8,6 +8,7 @@ from conftest import build_tiny
 
 from actsteer import Steering, SteeringSpecError
 from actsteer.train import extract as ex
+from actsteer.train import template
 
 PAIRS = [
     ("a happy sunny morning", "a sad rainy morning"),
@@ -89,7 +90,7 @@ def test_prompt_template_uses_the_deployment_chat_template(sm):
         [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": inputs[0]}]
     )
     without_ids = sm.encode([{"role": "user", "content": inputs[0]}])
-    k = ex._common_suffix(with_ids, without_ids)
+    k = template._common_suffix(with_ids, without_ids)
     h = sm.hidden_states_of_ids([with_ids, without_ids], [1])[1]
     one = ex.prompt_template(sm, "Answer in French.", inputs[:1], [1]).directions[1]
     assert torch.allclose(one, (h[0][-k:] - h[1][-k:]).mean(0), atol=1e-5)

@@ -15,7 +15,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import ConfigurableField
 
 from actsteer import Steering, SteeringSpecError
-from langchain_steer import ChatSteer
+from langchain_steer import ChatSteer, SteerLLM
 
 N = 12
 
@@ -235,3 +235,19 @@ def test_an_interrupted_batch_releases_every_row(sm, knob, settings, inputs):
     assert len(outcome) == 1 and isinstance(outcome[0], Interrupt)
     remove()
     assert len(knob.batch(inputs[:2], _configs(settings, 2))) == 2  # the model still works
+
+
+def test_a_configurable_llm_batch_with_a_cache_skips_only_the_cached_rows(
+    sm, settings, inputs, calls
+):
+    """A configurable ``SteerLLM`` batch (a steering per row) looks each row up as
+    ``BaseLLM.generate`` would: the rows the cache cannot answer still generate as one batch.
+    They used to run one by one whenever any cache was set."""
+    llm = SteerLLM(runtime=sm, max_tokens=8, cache=InMemoryCache())
+    knob = llm.configurable_fields(steering=ConfigurableField(id="format_steering"))
+    knob.batch(inputs[:2], _configs(settings, 2))
+    calls.clear()
+    out = knob.batch(inputs[:5], _configs(settings, 5))
+    assert calls == [3]
+    fresh = SteerLLM(runtime=sm, max_tokens=8)
+    assert out == [fresh.invoke(x, steering=settings[i % 4]) for i, x in enumerate(inputs[:5])]

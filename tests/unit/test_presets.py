@@ -7,6 +7,8 @@ import torch
 from conftest import build_tiny
 
 from actsteer import Steering, SteeringSpecError, presets
+from actsteer.sources import prepared
+from actsteer.train import prepare as train_prepare
 
 REQUIRED = {"json", "no-disclaimer", "concise", "french", "formal", "friendly", "love", "dogs"}
 
@@ -41,7 +43,7 @@ def test_distilled_presets_ship_current_vectors_for_the_embedded_model():
     distilled = [p for p in presets.list_presets() if p.method == "distill"]
     assert {p.name for p in distilled} >= {"json", "concise", "french", "friendly"}
     for p in distilled:
-        path = presets.shipped_path(p)
+        path = prepared.shipped_path(p)
         assert path is not None, f"{p.name}: no shipped vector"
         assert path.stat().st_size < 200_000
         vec = SteeringVector.load(path)
@@ -65,17 +67,17 @@ def test_layers_are_fractions_of_depth():
 
 def test_cache_miss_then_hit_then_corrupt_entry(sm, monkeypatch):
     calls = []
-    real_extract = presets.extract
+    real_extract = train_prepare.extract
     monkeypatch.setattr(
-        presets, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k)
+        train_prepare, "extract", lambda *a, **k: calls.append(1) or real_extract(*a, **k)
     )
     p = presets.get("formal")
-    first = presets.load_or_extract(sm, p)
-    assert len(calls) == 1 and presets.cache_path(sm, p).is_file()
-    second = presets.load_or_extract(sm, p)
+    first = train_prepare.prepare(sm, p)
+    assert len(calls) == 1 and prepared.cache_path(sm.fingerprint, p).is_file()
+    second = train_prepare.prepare(sm, p)
     assert len(calls) == 1 and second == first
-    presets.cache_path(sm, p).write_bytes(b"garbage that is not a safetensors file")
-    third = presets.load_or_extract(sm, p)
+    prepared.cache_path(sm.fingerprint, p).write_bytes(b"garbage that is not a safetensors file")
+    third = train_prepare.prepare(sm, p)
     assert len(calls) == 2 and third == first
 
 

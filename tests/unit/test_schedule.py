@@ -12,8 +12,8 @@ import pytest
 from conftest import random_vector
 
 from actsteer import GenerationOptions, Request, Steering
+from actsteer.engine import CallCancel
 from actsteer.runtime import worker
-from actsteer.runtime.generation import CallCancel
 from actsteer.schedule.batch import supports_joining
 
 PROMPTS = [

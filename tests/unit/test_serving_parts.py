@@ -11,8 +11,8 @@ from conftest import build_tiny, random_vector
 
 from actsteer import CoefficientError, Steering, SteeringSpecError, SteeringVector
 from actsteer.apply import combine
+from actsteer.cli.bundle import write_bundle
 from actsteer.remote import RemoteEngine, RemoteSteering, merged
-from actsteer.vllm.bundle import write_bundle
 from actsteer.vllm.served import ServedModel, compile_spec, parse_spec
 
 
@@ -142,7 +142,7 @@ def test_remote_steerings_keep_their_order_options_and_local_descriptions(sm):
 
 
 def test_mapping_checks_catch_what_would_fail_later():
-    from actsteer.resolve import spec_options
+    from actsteer.core.wire import spec_options
 
     np = pytest.importorskip("numpy")
     assert spec_options({"expression": "x", "layers": [np.int64(3)]})[1] == {"layers": (3,)}

@@ -97,8 +97,9 @@ def test_prompt_positions_steer_only_the_prompt(llama):
     with llama.steer(Steering(v, positions="prompt")):
         steered = llama.model(ids)
     assert not torch.allclose(plain.logits, steered.logits)
-    # with the prompt steered, decoding continues unsteered: first token may differ, rest runs
-    assert isinstance(llama.generate("hello world", Steering(v, positions="prompt"), **GEN), str)
+    # generate steers the prompt the same way: its first token is the steered prompt's argmax
+    g = llama.generate_detailed("hello world", Steering(v, positions="prompt"), **GEN)
+    assert g.token_ids[0] == int(steered.logits[0, -1].argmax())
 
 
 def test_ablate_removes_the_direction(tiny):

@@ -15,7 +15,7 @@ from ...apply import hooks
 from .teacher import Example, log1mexp, reply_logprobs
 
 if TYPE_CHECKING:
-    from ...runtime.model import SteeredModel
+    from ...runtime.surface import Steerable
 
 
 def _padded_targets(examples: Sequence[Example], device: torch.device):
@@ -48,7 +48,7 @@ def topk_kl(
 
 
 def mean_kl(
-    sm: SteeredModel,
+    sm: Steerable,
     examples: Sequence[Example],
     row: hooks.RowSpec | None,
     first_weight: float = 1.0,
@@ -93,7 +93,7 @@ class Fidelity:
 
 
 def fidelity_of(
-    sm: SteeredModel, examples: Sequence[Example], row: hooks.RowSpec | None, batch_size: int = 8
+    sm: Steerable, examples: Sequence[Example], row: hooks.RowSpec | None, batch_size: int = 8
 ) -> Fidelity:
     """Exact (full-vocabulary) fidelity of the compiled ``row`` on ``examples``."""
     kl_none, kl_vec, n = 0.0, 0.0, 0

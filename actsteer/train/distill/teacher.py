@@ -19,7 +19,7 @@ from transformers import GenerationConfig
 from ...apply import hooks
 
 if TYPE_CHECKING:
-    from ...runtime.model import SteeredModel
+    from ...runtime.surface import Steerable
 
 
 def chats(system_prompt: str, inputs: Sequence[str], template: bool) -> tuple[list, list]:
@@ -53,7 +53,7 @@ class Example:
 
 
 def teacher_examples(
-    sm: SteeredModel,
+    sm: Steerable,
     system_prompt: str,
     inputs: Sequence[str],
     *,
@@ -123,7 +123,7 @@ def teacher_examples(
     return out
 
 
-def _prefix_cache(sm: SteeredModel, prefix: torch.Tensor, cache_arg: str, rows: int):
+def _prefix_cache(sm: Steerable, prefix: torch.Tensor, cache_arg: str, rows: int):
     """The KV cache of ``prefix`` (one row), repeated for ``rows`` rows; None for a cache that
     cannot be repeated."""
     kwargs: dict = {"use_cache": True}
@@ -151,7 +151,7 @@ def _attention_only(model: torch.nn.Module) -> bool:
     return not any(kind in name for kind in _RECURRENT)
 
 
-def _left_pad(sm: SteeredModel, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(sm: Steerable, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), sm.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -174,7 +174,7 @@ def _accepts(model: torch.nn.Module, name: str) -> bool:
 
 
 def reply_logprobs(
-    sm: SteeredModel,
+    sm: Steerable,
     prompts: Sequence[Sequence[int]],
     replies: Sequence[Sequence[int]],
     row: hooks.RowSpec | None = None,
@@ -235,7 +235,7 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 def packed_logprobs(
-    sm: SteeredModel,
+    sm: Steerable,
     prompts: Sequence[Sequence[int]],
     replies: Sequence[Sequence[int]],
     row: hooks.RowSpec | None = None,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from .. import presets
+from ..train.prepare import prepare as prepare_preset
 
 if TYPE_CHECKING:
     from ..runtime.model import SteeredModel
@@ -30,7 +31,7 @@ def write_bundle(
     names = presets.names() if prepare is None else list(prepare)
     for name in tqdm(names, desc="actsteer: preparing presets", disable=not progress):
         # the cache file itself, where the plugin reads it (not a vector memoised in this process)
-        presets.load_or_extract(sm, presets.get(name), progress=progress)
+        prepare_preset(sm, presets.get(name), progress=progress)
     data = {
         "fingerprint": sm.fingerprint.to_dict(),
         "norms": {str(k): v for k, v in sm.activation_norms().items()},
