@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .core.steering import Steering, steering_info
+from .core.steering import Steering
 from .core.vector import SteeringVector
 from .engine import GenerationOptions, Request
 from .errors import OptionsError
@@ -136,9 +136,27 @@ def steering_key(value: Any) -> Any:
     if isinstance(value, SteeringVector):
         return f"vector:{value.digest()}"
     if isinstance(value, Steering):
-        info = steering_info([value])
-        info.update(relative=value.relative, force=value.force, layers=value.layers)
-        return "steering:" + json.dumps(info, sort_keys=True, default=list)
+        return "steering:" + value.key()
+    if isinstance(value, Mapping):
+        return "steering:" + json.dumps(dict(value), sort_keys=True, default=list)
     if isinstance(value, list | tuple):
         return [steering_key(v) for v in value]
+    return repr(value)
+
+
+def steering_label(value: Any) -> str | None:
+    """A printable form of a steering value, without a model: expressions as written (a
+    mapping's with its options), vectors and ``Steering`` values through ``Steering.describe``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, SteeringVector):
+        return Steering(value).describe()
+    if isinstance(value, Steering):
+        return value.describe()
+    if isinstance(value, Mapping):
+        options = ", ".join(f"{k}={v}" for k, v in value.items() if k != "expression")
+        return f"{value.get('expression')}" + (f" [{options}]" if options else "")
+    if isinstance(value, list | tuple):
+        parts = [steering_label(v) for v in value]
+        return " + ".join(p for p in parts if p) or None
     return repr(value)

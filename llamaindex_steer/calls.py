@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 
-from actsteer import Generation, SteeredModel, Steering, SteeringVector
+from actsteer import Generation, SteeredModel
 from actsteer.engine import Request
 
 _ROLES = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
@@ -41,19 +41,6 @@ def model_context_window(sm: SteeredModel) -> int:
     if isinstance(limit, int) and 0 < limit < 10_000_000:
         return limit
     return DEFAULT_CONTEXT_WINDOW
-
-
-def describe(spec: Any) -> str | None:
-    """A printable form of a steering spec, without a model: expressions as written, vectors
-    and ``Steering`` values through ``Steering.describe``."""
-    if spec is None or isinstance(spec, str):
-        return spec
-    if isinstance(spec, SteeringVector):
-        return Steering(spec).describe()
-    if isinstance(spec, Steering):
-        return spec.describe()
-    parts = [describe(s) for s in spec]
-    return " + ".join(p for p in parts if p) or None
 
 
 def has_chat_template(sm: SteeredModel) -> bool:

@@ -39,6 +39,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 
 from actsteer import SteeredModel, resolve
+from actsteer.call_options import steering_label
 from actsteer.default_model import DEFAULT_MODEL_NAME
 from actsteer.engine import Engine, Generation, GenerationOptions, Request
 from actsteer.prompts import check_budget, check_truncate
@@ -48,7 +49,6 @@ from actsteer.runtime.loading import check_model
 
 from .calls import (
     aresponses,
-    describe,
     has_chat_template,
     model_context_window,
     response,
@@ -206,7 +206,7 @@ class SteerLLM(StructuredOutput, FunctionCalling, Requests, FunctionCallingLLM):
 
     @field_serializer("steering", "structured_steering", "answer_steering")
     def _serialize_steering(self, value: Any) -> str | None:
-        return describe(value)
+        return steering_label(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -263,7 +263,7 @@ class SteerLLM(StructuredOutput, FunctionCalling, Requests, FunctionCallingLLM):
         """Metadata plus the configured steering, for instrumentation start events."""
         return {
             **super().to_payload(),
-            "steering": describe(self.steering),
+            "steering": steering_label(self.steering),
             "steering_coeff": self.steering_coeff,
             "steering_positions": self.steering_positions,
         }

@@ -295,3 +295,6 @@ def test_serialises_without_the_runtime(sm, vecs):
     llm.to_json()  # plain JSON: no tensors, no model
     payload = llm.to_payload()
     assert payload["steering"] == data["steering"] and payload["model_name"] == "tiny-llama"
+    # a mapping steering prints its expression and options (not its keys joined)
+    ablate = SteerLLM(runtime=sm, steering={"expression": "dogs", "operator": "ablate"})
+    assert ablate.to_dict()["steering"] == "dogs [operator=ablate]"
