@@ -68,7 +68,7 @@ from actsteer.constrain.decode import Grammars, RowGrammars
 from actsteer.constrain.spec import Constraint
 from actsteer.tools.formats import format_for
 from actsteer.tools.spec import ToolSpec
-from langchain_steer.chat_models import _instructions
+from langchain_steer.structured import _instructions
 
 try:
     import jsonschema

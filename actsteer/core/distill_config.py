@@ -15,7 +15,10 @@ from ..errors import SteeringSpecError
 @dataclass(frozen=True)
 class DistillConfig:
     """Training settings. ``lr`` is Adam's step in units of each layer's typical per-coordinate
-    activation (``norm / sqrt(hidden)``), so one rate suits every layer and model size."""
+    activation (``norm / sqrt(hidden)``), so one rate suits every layer and model size.
+    ``stack`` is the share of each batch trained *with* the prompt as well: on those rows the
+    target is the prompted model itself, so the vector learns to do nothing on top of the
+    prompt it replaces (a user who sends both must not get an over-steered reply)."""
 
     steps: int = 70
     lr: float = 0.005
@@ -30,6 +33,7 @@ class DistillConfig:
     first_weight: float = 4.0
     schedule: str = "cosine"
     seed: int = 0
+    stack: float = 0.25
 
     def lr_factor(self, step: int) -> float:
         """The learning rate's multiplier after ``step`` optimizer steps: constant, or a linear
@@ -51,6 +55,10 @@ class DistillConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise SteeringSpecError(f"distill: {name} must be finite and >= 0, got {value!r}")
+        if isinstance(self.stack, bool) or not (
+            isinstance(self.stack, int | float) and 0.0 <= self.stack < 1.0
+        ):
+            raise SteeringSpecError(f"distill: stack must be in [0, 1), got {self.stack!r}")
         if self.lr <= 0:
             raise SteeringSpecError(f"distill: lr must be > 0, got {self.lr!r}")
         coeffs = tuple(self.coeffs)

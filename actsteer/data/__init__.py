@@ -1,4 +1,7 @@
-"""Data shipped with actsteer: neutral user inputs for prompt-template vectors and evaluation."""
+"""Data shipped with actsteer: neutral user inputs for prompt-template vectors and evaluation,
+and personal questions (tastes, life, feelings, expert advice, opinions, with plain tasks mixed
+in) that make a small chat model say what it is: what a no-disclaimer steering is trained and
+judged on."""
 
 from __future__ import annotations
 
@@ -33,6 +36,30 @@ def neutral_inputs(split: str = "train") -> list[str]:
     if split == "all":
         return items
     raise ValueError(f"split must be 'train', 'heldout', 'eval' or 'all', got {split!r}")
+
+
+PERSONAL_TRAIN = 110
+
+
+def personal_questions(split: str = "train") -> list[str]:
+    """160 questions that invite an "as an AI" reply: ``"train"`` (the first 110, which build
+    the ``no-disclaimer`` preset), ``"heldout"`` (the other 50, never used to build or choose
+    it: its evaluations) or ``"all"``."""
+    items = list(_load("personal_questions.json"))
+    if split == "train":
+        return items[:PERSONAL_TRAIN]
+    if split == "heldout":
+        return items[PERSONAL_TRAIN:]
+    if split == "all":
+        return items
+    raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+
+
+#: Named input sets a preset's ``"inputs"`` may refer to instead of listing its inputs.
+INPUT_SETS = {
+    "neutral_inputs:train": lambda: neutral_inputs("train"),
+    "personal_questions:train": lambda: personal_questions("train"),
+}
 
 
 def neutral_texts() -> list[str]:

@@ -38,8 +38,10 @@ class CheckResult:
 
 DISCLAIMER_PATTERNS: tuple[str, ...] = (
     r"\bas an? (ai|a\.i\.|artificial intelligence|language model|llm|chatbot|assistant)\b",
-    r"\b(i am|i'm) (just |only |merely )?an? (ai|artificial intelligence|language model|llm|"
-    r"chatbot|virtual assistant|computer program)\b",
+    # "I'm an AI", "I'm just a language model", "I'm a music AI", "I am a helpful chatbot"
+    r"\b(i am|i'm) (just |only |merely )?an? ((?!of\b|about\b)[\w-]+ ){0,2}(ai|artificial "
+    r"intelligence|"
+    r"language model|llm|chatbot|virtual assistant|computer program)\b",
     r"\blarge language model\b",
     r"\bai language model\b",
     r"\bi (do not|don't) have (personal )?(opinions|feelings|preferences|experiences|emotions|"

@@ -116,12 +116,27 @@ def _parse(name: str, data: dict[str, Any]) -> Preset:
             read=data.get("read"),
             pairs=tuple((str(p), str(n)) for p, n in data.get("pairs", ())),
             system_prompt=data.get("system_prompt"),
-            inputs=tuple(data["inputs"]) if data.get("inputs") else None,
+            inputs=_inputs(name, data.get("inputs")),
             instruction=data.get("instruction"),
             distill=tuple(sorted((data.get("distill") or {}).items())),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SteeringSpecError(f"preset {name!r} is malformed: {exc}") from exc
+
+
+def _inputs(name: str, value: object) -> tuple[str, ...] | None:
+    """A preset's inputs: listed, or named as a shipped set (``"personal_questions:train"``)."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        from ..data import INPUT_SETS
+
+        if value not in INPUT_SETS:
+            raise SteeringSpecError(
+                f"preset {name!r}: unknown input set {value!r}; use {sorted(INPUT_SETS)}"
+            )
+        return tuple(INPUT_SETS[value]())
+    return tuple(str(x) for x in value)  # type: ignore[union-attr]
 
 
 @cache

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import SHIPPED, extract, get, list_presets
+from ..train.prepare import extract
+from . import SHIPPED, get, list_presets
 
 
 def main(argv: list[str] | None = None) -> int:

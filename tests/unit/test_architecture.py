@@ -221,3 +221,24 @@ def test_the_private_read_check_finds_one(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f(sm):\n    return sm._pad([]), sm.__dict__, super()._x\n")
     assert sorted(_private_reads(path)) == [(2, "sm.__dict__"), (2, "sm._pad")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "bench").glob("*.py")) + sorted((ROOT / "cookbook").glob("*.py")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_scripts_import_what_exists(path):
+    """The benchmarks and cookbook recipes run by hand, not in CI: every name they import from
+    the project must still be there (a module moved or a helper renamed breaks them silently)."""
+    import importlib.util
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or node.level:
+            continue
+        if (node.module or "").split(".")[0] not in PACKAGES:
+            continue
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            name = f"{node.module}.{alias.name}"
+            assert hasattr(module, alias.name) or importlib.util.find_spec(name), name

@@ -208,6 +208,26 @@ def test_topk_kl_is_exact_when_k_covers_the_vocabulary():
     assert bool((approx <= full + 1e-5).all())  # a coarser partition never overstates the KL
 
 
+def test_stack_safe_training_keeps_the_vector_harmless_on_top_of_its_prompt(sm):
+    """Rows trained with the prompt sent too teach the vector to leave the prompted model
+    alone: KL(prompt || prompt + vector) on held-out inputs falls against plain distillation,
+    while the KL to the prompt without it stays where plain distillation puts it."""
+    held_out = neutral_inputs("heldout")[:12]
+    examples = T.teacher_examples(sm, PROMPT, held_out, max_new_tokens=12)
+    on_top = D.stacked(examples)
+
+    def kls(vec):
+        row = D.vector_row(vec.directions, "all")
+        return F.batched_kl(sm, examples, row, 8), F.batched_kl(sm, on_top, row, 8)
+
+    plain, plain_on_top = kls(ex.distill(sm, PROMPT, INPUTS, stack=0.0, **FAST))
+    safe, safe_on_top = kls(ex.distill(sm, PROMPT, INPUTS, stack=0.25, **FAST))
+    none = F.batched_kl(sm, examples, None, 8)
+    assert plain < none and safe < none  # both still reproduce the prompt
+    assert safe_on_top < 0.6 * plain_on_top, (safe_on_top, plain_on_top)
+    assert safe < plain * 1.1, (safe, plain)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -220,6 +240,8 @@ def test_topk_kl_is_exact_when_k_covers_the_vocabulary():
         ({"inputs": ["only one", "two"]}, "at least 2 training"),
         ({"inputs": ["", "b", "c", "d", "e"]}, "non-empty strings"),
         ({"coeffs": ()}, "coeffs"),
+        ({"stack": 1.0}, "stack must be in"),
+        ({"stack": -0.1}, "stack must be in"),
     ],
 )
 def test_bad_input_gets_a_clear_error_before_any_work(sm, kwargs, match):

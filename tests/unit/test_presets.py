@@ -103,3 +103,13 @@ def test_expressions_resolve_to_presets_and_files(sm, tmp_path):
     assert out_expr == sm.generate("hello", Steering(love, 2.0), max_new_tokens=6)
     (sel,) = sm.resolve("french@1-2:0.5")  # distilled: every layer but 0
     assert sel.terms[0].vector.layers == (1, 2)
+
+
+def test_the_shipped_vector_builder_runs(capsys):
+    """``python -m actsteer.presets.build`` imports and parses its arguments (it is run by
+    hand, so nothing else would notice it broken)."""
+    from actsteer.presets import build
+
+    with pytest.raises(SystemExit) as exit_:
+        build.main(["--help"])
+    assert exit_.value.code == 0 and "distilled" in capsys.readouterr().out

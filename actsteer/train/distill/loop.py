@@ -19,6 +19,7 @@ This module holds the settings and the training loop; the teacher's targets and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -57,6 +58,10 @@ class Trained:
     dev_kl: float
     """... and with the chosen vectors: ``1 - dev_kl / dev_kl_none`` is the dev fidelity."""
     coeff_dev_kl: dict[str, float]
+    """The selection objective on dev at each candidate coefficient."""
+    dev_stack_kl: float | None = None
+    """The same KL on dev with the prompt sent too, steered vs not: what the vector changes on
+    top of the prompt it replaces (None: not trained to be stacked)."""
 
 
 def train(
@@ -94,12 +99,22 @@ def train(
 
     dev_batch = max(config.batch_size, 8)
     weight = config.first_weight
+    stacked_dev = stacked(dev_set)
+    n_stacked = round(config.stack * config.batch_size)
+
+    def kls(vecs: Mapping[int, torch.Tensor] | None) -> tuple[float, float]:
+        """KL without the prompt, and (when stacking) with the prompt as well."""
+        row = vector_row(vecs, positions) if vecs is not None else None
+        plain = batched_kl(sm, dev_set, row, dev_batch, weight)
+        on_top = batched_kl(sm, stacked_dev, row, dev_batch, weight) if config.stack else 0.0
+        return plain, on_top
 
     def dev_loss(vecs: Mapping[int, torch.Tensor] | None) -> float:
-        row = vector_row(vecs, positions) if vecs is not None else None
-        return batched_kl(sm, dev_set, row, dev_batch, weight)
+        """The selection objective: the training loss's mixture of both KLs."""
+        plain, on_top = kls(vecs)
+        return (1.0 - config.stack) * plain + config.stack * on_top
 
-    dev_none = dev_loss(None)
+    dev_none = batched_kl(sm, dev_set, None, dev_batch, weight)
     best = frozen()
     best_kl = dev_loss(best)
     best_step, bad, step = 0, 0, 0
@@ -118,6 +133,7 @@ def train(
             if len(order) < config.batch_size:
                 order += torch.randperm(len(train_set), generator=gen).tolist()
             batch = [train_set[i] for i in order[: config.batch_size]]
+            batch[:n_stacked] = stacked(batch[:n_stacked])  # these rows have the prompt too
             del order[: config.batch_size]
             with torch.enable_grad():
                 kl = mean_kl(sm, batch, vector_row(vectors(), positions), config.first_weight)
@@ -153,6 +169,7 @@ def train(
         bar.close()
     coeff_kl = {c: dev_loss({x: v * c for x, v in best.items()}) for c in config.coeffs}
     coeff = min(coeff_kl, key=lambda c: (coeff_kl[c], abs(c - 1.0)))
+    plain, on_top = kls({x: v * coeff for x, v in best.items()})
     return Trained(
         vectors={x: (v * coeff).cpu() for x, v in best.items()},
         coeff=coeff,
@@ -160,9 +177,16 @@ def train(
         best_step=best_step,
         history=tuple(history),
         dev_kl_none=dev_none,
-        dev_kl=coeff_kl[coeff],
+        dev_kl=plain,
         coeff_dev_kl={f"{c:g}": k for c, k in coeff_kl.items()},
+        dev_stack_kl=on_top if config.stack else None,
     )
+
+
+def stacked(examples: Sequence[Example]) -> list[Example]:
+    """The examples with the prompt sent to the student too: the target is then the prompted
+    model itself, and any KL is what the vector adds on top of its own prompt."""
+    return [dataclasses.replace(e, student=e.teacher) for e in examples]
 
 
 def elapsed(start: float) -> float:

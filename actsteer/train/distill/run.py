@@ -165,6 +165,8 @@ def _run_distill(sm, system_prompt, template, layers, positions, cfg, splits, pr
     )
     row = _distill.vector_row(trained.vectors, positions)
     test_fid = _fidelity.fidelity_of(sm, test_ex, row)
+    # on top of its own prompt: KL(prompted || prompted and steered), 0 for a harmless vector
+    on_top = _fidelity.fidelity_of(sm, _distill.stacked(test_ex), row)
     inputs_hash = hashlib.sha256("\n".join([*train_in, *dev_in]).encode()).hexdigest()[:16]
     dev_fidelity = 1.0 - trained.dev_kl / trained.dev_kl_none if trained.dev_kl_none else 0.0
     card = {
@@ -184,6 +186,8 @@ def _run_distill(sm, system_prompt, template, layers, positions, cfg, splits, pr
         "test_fidelity": test_fid.removed,
         "test_kl_none": test_fid.kl_none,
         "test_kl": test_fid.kl_vector,
+        "dev_stack_kl": trained.dev_stack_kl,
+        "test_stack_kl": on_top.kl_vector,
         "time_s": _distill.elapsed(start),
         "torch_threads": torch.get_num_threads(),
     }
