@@ -6,10 +6,11 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from actsteer import Steering, presets
-from actsteer.data import neutral_inputs
+from actsteer.data import neutral_inputs, personal_questions
 from actsteer.evaluate import fidelity
 from actsteer.evaluate.checks import judge
 from actsteer.train import extract as ex
+from actsteer.train import prepare as train_prepare
 from actsteer.train.prepare import prepare
 
 pytestmark = pytest.mark.integration
@@ -93,8 +94,8 @@ def test_distilled_presets_load_without_training(real, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a shipped preset was distilled again")
 
-    monkeypatch.setattr(presets, "extract", refuse)
-    for name in ("json", "concise", "french", "friendly"):
+    monkeypatch.setattr(train_prepare, "extract", refuse)
+    for name in ("json", "concise", "french", "friendly", "no-disclaimer"):
         vec = prepare(real, presets.get(name))
         assert vec.meta.method == "distill" and vec.layers == tuple(range(1, 30))
 
@@ -126,3 +127,24 @@ def test_a_short_distillation_beats_the_mean_difference(real):
     f_mean = fidelity(real, FRENCH, mean_difference, held_out)
     assert f_distilled.removed > f_mean.removed + 0.2, (f_distilled, f_mean)
     assert f_distilled.removed > 0.2, f_distilled
+
+
+@pytest.mark.parametrize("name", ["no-disclaimer", "json"])
+def test_a_shipped_vector_on_top_of_its_own_prompt_makes_no_check_worse(real, name):
+    """Stack-safe distillation: a user who sends the system prompt *and* its vector (during a
+    migration, or through a template that kept the prompt) gets replies that pass the check at
+    least as often as with the prompt alone, on held-out prompts."""
+    preset = presets.get(name)
+    held_out = (
+        personal_questions("heldout") if name == "no-disclaimer" else neutral_inputs("heldout")
+    )
+    chats = [
+        [{"role": "system", "content": preset.system_prompt}, {"role": "user", "content": x}]
+        for x in held_out
+    ]
+    alone = real.generate_batch_detailed(chats, None, max_new_tokens=48)
+    both = real.generate_batch_detailed(chats, name, max_new_tokens=48)
+    passed_alone = [judge(preset.check, g.text, g.finish_reason).passed for g in alone]
+    passed_both = [judge(preset.check, g.text, g.finish_reason).passed for g in both]
+    assert sum(passed_both) >= sum(passed_alone), (sum(passed_both), sum(passed_alone))
+    assert sum(a.text != b.text for a, b in zip(alone, both, strict=True)) > 0  # it did act

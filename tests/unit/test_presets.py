@@ -113,3 +113,22 @@ def test_the_shipped_vector_builder_runs(capsys):
     with pytest.raises(SystemExit) as exit_:
         build.main(["--help"])
     assert exit_.value.code == 0 and "distilled" in capsys.readouterr().out
+
+
+def test_a_preset_may_name_a_shipped_input_set():
+    """``"inputs": "personal_questions:train"`` stands for that list (the content hash sees the
+    questions themselves); an unknown set is refused with the known ones."""
+    from actsteer.data import personal_questions
+
+    p = presets.get("no-disclaimer")
+    assert p.inputs == tuple(personal_questions("train")) and len(p.inputs) == 110
+    assert not set(p.inputs) & set(personal_questions("heldout"))  # evaluation stays apart
+    with pytest.raises(SteeringSpecError, match="unknown input set 'nope'"):
+        presets._parse("x.json", {**_raw("no-disclaimer"), "inputs": "nope"})
+
+
+def _raw(name: str) -> dict:
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("actsteer.presets").joinpath(f"{name}.json").read_text())
