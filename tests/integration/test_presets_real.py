@@ -11,6 +11,9 @@ from actsteer.evaluate import fidelity
 from actsteer.evaluate.checks import judge
 from actsteer.train import extract as ex
 from actsteer.train import prepare as train_prepare
+from actsteer.train.distill.fidelity import fidelity_of
+from actsteer.train.distill.loop import stacked
+from actsteer.train.distill.teacher import teacher_examples
 from actsteer.train.prepare import prepare
 
 pytestmark = pytest.mark.integration
@@ -148,3 +151,18 @@ def test_a_shipped_vector_on_top_of_its_own_prompt_makes_no_check_worse(real, na
     passed_both = [judge(preset.check, g.text, g.finish_reason).passed for g in both]
     assert sum(passed_both) >= sum(passed_alone), (sum(passed_both), sum(passed_alone))
     assert sum(a.text != b.text for a, b in zip(alone, both, strict=True)) > 0  # it did act
+
+
+@pytest.mark.parametrize("name", ["no-disclaimer", "json"])
+def test_a_shipped_vector_barely_moves_the_prompted_model(real, name):
+    """Teacher-forced on the prompted model's own replies to held-out inputs, adding the vector
+    on top of its prompt moves the model by less than half of what removing the prompt does
+    (on the embedded model the json prompt makes no reply pass its check, so this is where
+    its stacking shows)."""
+    preset = presets.get(name)
+    held_out = (personal_questions if name == "no-disclaimer" else neutral_inputs)("heldout")
+    examples = teacher_examples(real, preset.system_prompt or "", held_out[:16], top_k=1)
+    row = real.row_spec(name)[0]
+    on_top = fidelity_of(real, stacked(examples), row).kl_vector
+    without_prompt = fidelity_of(real, examples, None).kl_none
+    assert on_top < 0.5 * without_prompt, (on_top, without_prompt)
