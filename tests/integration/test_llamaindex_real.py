@@ -154,7 +154,10 @@ async def test_function_agent_calls_the_tool_then_answers(real):
     # or at the stack-safe concise vector's 1x, the 135M model copies the call block back as
     # its answer here; 1.5x (and 2x) answer "42"
     llm = SteerLLM(
-        runtime=real, max_new_tokens=48, tool_policy="call_then_answer", answer_steering="concise:1.5"
+        runtime=real,
+        max_new_tokens=48,
+        tool_policy="call_then_answer",
+        answer_steering="concise:1.5",
     )
     agent = FunctionAgent(
         tools=[FunctionTool.from_defaults(multiply)], llm=llm, allow_parallel_tool_calls=False
