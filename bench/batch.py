@@ -154,7 +154,7 @@ def main() -> None:
 
     def serialized() -> tuple[list[str], int]:
         # in a thread of its own that then exits: its torch OpenMP team goes with it and does
-        # not slow the other conditions (see actsteer/worker.py)
+        # not slow the other conditions (see actsteer/runtime/worker.py)
         outs: list[tuple[str, int]] = []
         thread = threading.Thread(
             target=lambda: outs.extend(wrapper.invoke(q, s) for q, s in zip(questions, steerings))
