@@ -18,14 +18,13 @@ Run: ``.venv/bin/python bench/stack.py [--presets json,french] [--baseline DIR]`
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, save_plot, write
+from _common import interval, machine, save_plot, write
 
 from actsteer import SteeredModel, Steering, SteeringVector, presets
 from actsteer.data import neutral_inputs, personal_questions
@@ -85,16 +84,6 @@ def old_no_disclaimer(sm: SteeredModel) -> SteeringVector:
     return SteeringVector(
         {x: d / d.norm() * norms[x] * 0.15 for x, d in vec.directions.items()}, vec.meta
     )
-
-
-def interval(k: int, n: int) -> tuple[float, float]:
-    """Wilson 95 % interval of a pass rate."""
-    if n == 0:
-        return (0.0, 0.0)
-    p, z = k / n, 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def run(sm: SteeredModel, name: str, baseline: Path | None, max_new_tokens: int) -> dict:

@@ -15,6 +15,8 @@ deliberately simple and documented, so a user can see exactly what "success" mea
 * ``formal``: formal markers outnumber informal ones (``FORMAL`` / ``INFORMAL`` lexicons,
   contractions and "!" count as informal) and none of the informal slang occurs.
 * ``friendly``: VADER compound >= 0.3 and at least one word of the ``FRIENDLY`` lexicon.
+* ``ifeval:<instruction id>``: IFEval's own checker, strict (``actsteer.evaluate.ifeval``, the
+  ``ifeval`` extra), with that module's fixed arguments.
 """
 
 from __future__ import annotations
@@ -283,9 +285,24 @@ def get_check(check_id: str) -> Callable[[str], CheckResult]:
         return CHECKS[check_id]
     if check_id.startswith("topic:") and check_id[6:] in TOPICS:
         return check_topic(check_id[6:])
+    if check_id.startswith("ifeval:"):
+        return _ifeval_check(check_id[len("ifeval:") :])
     from ..errors import SteeringSpecError
 
     raise SteeringSpecError(f"unknown behaviour check {check_id!r}; known: {sorted(CHECKS)}")
+
+
+@cache
+def _ifeval_check(instruction_id: str) -> Callable[[str], CheckResult]:
+    from .ifeval import instruction
+
+    rule = instruction(instruction_id)
+
+    def check(reply: str) -> CheckResult:
+        strict, loose = rule.judge(reply)
+        return CheckResult(strict, (strict + loose) / 2, f"IFEval strict {strict}, loose {loose}")
+
+    return check
 
 
 #: Checks that a reply cut by the token cap cannot pass.

@@ -15,7 +15,7 @@ from ..core.vector import SteeringVector
 from ..data import neutral_inputs
 from ..errors import SteeringSpecError
 from ..runtime import worker
-from .common import chosen_layers, vector_meta
+from .common import check_fits, chosen_layers, vector_meta
 from .distill.teacher import chats
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ def prompt_template(
     is_template = "{input}" in system_prompt
     with_side, without_side = chats(system_prompt, inputs, is_template)
     with_ids = [sm.encode(m) for m in with_side]
+    check_fits(sm, "prompt_template", max(map(len, with_ids)))
     without_ids = [sm.encode(m) for m in without_side]
     states = sm.hidden_states_of_ids(
         with_ids + without_ids, chosen, batch_size=batch_size, progress=progress

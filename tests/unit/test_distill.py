@@ -10,7 +10,14 @@ import pytest
 import torch
 from conftest import MORE_CONFIGS, TINY_CONFIGS, build_tiny
 
-from actsteer import DistillationError, GenerationError, SteeringSpecError, SteeringVector, presets
+from actsteer import (
+    ContextWindowError,
+    DistillationError,
+    GenerationError,
+    SteeringSpecError,
+    SteeringVector,
+    presets,
+)
 from actsteer.apply import hooks
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
@@ -286,3 +293,23 @@ def test_the_shipped_inputs_keep_training_and_evaluation_apart():
     assert neutral_inputs("all") == train + evaluation
     with pytest.raises(ValueError, match="split"):
         neutral_inputs("test")
+
+
+def test_a_prompt_over_the_context_window_is_refused_before_any_work(sm, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("ran before the prompt was checked against the window")
+
+    monkeypatch.setattr(T, "teacher_examples", no_work)
+    monkeypatch.setattr(sm, "hidden_states_of_ids", no_work)
+    window = sm.engine.context_window
+    long_prompt = "Follow every rule. " + "Never use commas. " * (window // 2)
+    with pytest.raises(ContextWindowError, match=f"context window of {window} tokens"):
+        ex.distill(sm, long_prompt, INPUTS, **FAST)
+    with pytest.raises(ContextWindowError, match="prompt_template: the prompt"):
+        ex.prompt_template(sm, long_prompt, INPUTS)
+    # the reply counts too: a prompt that fits alone but not with the teacher's reply
+    fits = "Be brief. " * ((window - 400) // 10)
+    n = max(len(sm.encode(c)) for c in T.chats(fits, INPUTS, False)[0])
+    assert n < window
+    with pytest.raises(ContextWindowError, match="teacher replies with up to"):
+        ex.distill(sm, fits, INPUTS, **{**FAST, "max_new_tokens": window - n + 1})

@@ -22,7 +22,7 @@ from ...data import neutral_inputs
 from ...engine import CallCancel
 from ...errors import SteeringSpecError
 from ...runtime import worker
-from ..common import chosen_layers, vector_meta
+from ..common import check_fits, chosen_layers, vector_meta
 from ..template import prompt_template
 from . import fidelity as _fidelity
 from . import loop as _distill
@@ -91,6 +91,8 @@ def distill(
     )
     chosen = chosen_layers(sm, layers if layers is not None else range(1, sm.num_layers))
     train_in, dev_in, test_in = _splits(inputs, test_inputs, seed)
+    with_prompt, _ = _teacher.chats(system_prompt, [*train_in, *dev_in, *test_in], template)
+    check_fits(sm, "distill", max(len(sm.encode(c)) for c in with_prompt), cfg.max_new_tokens)
     flag = CallCancel(cancel)
     job = functools.partial(
         _run_distill,
