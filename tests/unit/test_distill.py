@@ -166,6 +166,39 @@ def test_packed_rows_give_the_padded_numbers_and_gradients(kind):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+def test_rows_with_and_without_the_prompt_pack_each_start_once():
+    """Stack-safe training mixes rows with the system prompt and rows without it: each kind's
+    start runs once (two groups behind the template's first tokens), with the padded numbers
+    and gradients."""
+    sm = build_tiny("llama", seed=1)
+    torch.manual_seed(0)
+    with_prompt, without = T.chats(PROMPT, INPUTS[:5], template=False)
+    chats = [with_prompt[0], without[1], with_prompt[2], without[3], with_prompt[4]]
+    prompts = [sm.encode(c) for c in chats]
+    replies = [torch.randint(3, 259, (n,)).tolist() for n in (7, 3, 9, 1, 5)]
+    shared = T.shared_prefix(prompts)
+    groups = T.prefix_groups(prompts, shared)
+    assert [rows for _, rows in groups] == [[0, 2, 4], [1, 3]]
+    assert groups[0][0] > shared + len(PROMPT)  # the system prompt, once for its three rows
+    vecs = {x: (torch.randn(sm.hidden_size) * 0.5).requires_grad_(True) for x in (1, 2)}
+    for positions in (None, "all", "prompt", "generated"):
+        row = D.vector_row(vecs, positions) if positions else None
+        packed = T.packed_logprobs(sm, prompts, replies, row)
+        padded = T.reply_logprobs(sm, prompts, replies, row, pack=False)
+        assert packed is not None and packed.shape == padded.shape
+        for i, r in enumerate(replies):
+            torch.testing.assert_close(packed[i, : len(r)], padded[i, : len(r)], atol=2e-4, rtol=0)
+        if row is None:
+            continue
+        pick = [(i, j, t) for i, r in enumerate(replies) for j, t in enumerate(r)]
+        grads = [
+            torch.autograd.grad(sum(lp[i, j, t] for i, j, t in pick), list(vecs.values()))
+            for lp in (packed, padded)
+        ]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
 def test_packing_steps_aside_where_it_cannot_apply(sm):
     _, chats = T.chats(PROMPT, INPUTS[:3], template=False)
     prompts, replies = [sm.encode(c) for c in chats], [[5, 6], [7], [8, 9, 10]]

@@ -234,6 +234,20 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+def prefix_groups(prompts: Sequence[Sequence[int]], shared: int) -> list[tuple[int, list[int]]]:
+    """The rows grouped by the token after the ``shared`` start all of them share, each group
+    with the longer start its own rows share (``(start length, row indices)``, in order of
+    first appearance). Stack-safe distillation mixes rows with the system prompt and rows
+    without it: all share only the chat template's first tokens, each kind a whole system turn."""
+    buckets: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        buckets.setdefault(p[shared] if len(p) > shared else -1, []).append(i)
+    return [
+        (shared_prefix([prompts[i] for i in rows]) if len(rows) > 1 else shared, rows)
+        for rows in buckets.values()
+    ]
+
+
 def packed_logprobs(
     sm: Steerable,
     prompts: Sequence[Sequence[int]],
@@ -243,7 +257,9 @@ def packed_logprobs(
     """``reply_logprobs`` with the rows packed into one sequence and no padding: the prefix all
     prompts share (a chat template's system turn: 24 of SmolLM2's ~38 student-prompt tokens)
     once, then each row's rest of prompt and reply, attending to the prefix and to itself only
-    (a custom 4-D mask; position ids restart after the prefix for each row). One forward of
+    (a custom 4-D mask; position ids restart after the prefix for each row). Rows that share a
+    longer start among themselves (``prefix_groups``: stack-safe training's rows with the system
+    prompt, and those without it) have it once too, after the common prefix. One forward of
     about a third fewer tokens, with the same numbers to float rounding.
 
     None where packing does not apply: attention other than sdpa/eager (a custom mask is
@@ -265,7 +281,9 @@ def packed_logprobs(
     if window and max(lengths) > window:
         return None
     shared = shared_prefix(prompts) if len(prompts) > 1 else 0
-    total = shared + sum(lengths) - shared * len(prompts)
+    groups = prefix_groups(prompts, shared)
+    total = shared + sum(k - shared for k, _ in groups)
+    total += sum(lengths[i] - k for k, rows in groups for i in rows)
     if total > MAX_PACKED_TOKENS:
         return None
     tokens, pos, prompt_mask = list(prompts[0][:shared]), list(range(shared)), [True] * shared
@@ -273,19 +291,30 @@ def packed_logprobs(
     allowed[:shared, :shared] = True
     longest = max(len(r) for r in replies)
     keep = torch.zeros(len(prompts), longest, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, replies)):
-        start, rest = len(tokens), len(p) - shared
-        tokens += [*p[shared:], *r]
-        pos += range(shared, shared + rest + len(r))
-        prompt_mask += [True] * rest + [False] * len(r)
-        end = len(tokens)
-        allowed[start:end, :shared] = True
-        allowed[start:end, start:end] = True
-        # logits at the last prompt token and every reply token but the last; padded with the
-        # row's last such index (finite values; callers mask or slice them off)
-        idx = torch.arange(start + rest - 1, start + rest - 1 + max(len(r), 1))
-        keep[i] = idx[-1]
-        keep[i, : len(idx)] = idx
+    for k, rows in groups:
+        # the group's own shared start (after the one all rows share), once
+        head = len(tokens)
+        tokens += prompts[rows[0]][shared:k]
+        pos += range(shared, k)
+        prompt_mask += [True] * (k - shared)
+        body = len(tokens)
+        allowed[head:body, :shared] = True
+        allowed[head:body, head:body] = True
+        for i in rows:
+            p, r = prompts[i], replies[i]
+            start, rest = len(tokens), len(p) - k
+            tokens += [*p[k:], *r]
+            pos += range(k, k + rest + len(r))
+            prompt_mask += [True] * rest + [False] * len(r)
+            end = len(tokens)
+            allowed[start:end, :shared] = True
+            allowed[start:end, head:body] = True  # the group's own start
+            allowed[start:end, start:end] = True
+            # logits at the last prompt token and every reply token but the last; padded with
+            # the row's last such index (finite values; callers mask or slice them off)
+            idx = torch.arange(start + rest - 1, start + rest - 1 + max(len(r), 1))
+            keep[i] = idx[-1]
+            keep[i, : len(idx)] = idx
     allowed &= torch.ones_like(allowed).tril()
     dtype = model.dtype
     device = sm.device
