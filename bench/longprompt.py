@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interval, machine, save_plot, write
+from _common import RESULTS, interval, machine, save_plot, write
 
 from actsteer import GenerationOptions, Request, SteeredModel, Steering, SteeringVector
 from actsteer.cli import launch
@@ -138,7 +139,12 @@ async def _timed(engine, requests: list[Request]) -> tuple[list[float], float, i
 
 
 def timing(engine, steering_of, requests: list[str], rounds: int, tokens: int) -> dict:
-    """TTFT and tok/s for the prompt and for the vector, at batch 1 and batch 16."""
+    """TTFT and tok/s for the prompt and for the vector, at batch 1 and batch 16 (all in one
+    event loop: a remote engine's async client belongs to the loop that made it)."""
+    return asyncio.run(_timing(engine, steering_of, requests, rounds, tokens))
+
+
+async def _timing(engine, steering_of, requests: list[str], rounds: int, tokens: int) -> dict:
     options = GenerationOptions(max_new_tokens=tokens)
     with_prompt, without = chats(SYSTEM, requests, template=False)
     vector = engine.resolve(steering_of)
@@ -147,16 +153,16 @@ def timing(engine, steering_of, requests: list[str], rounds: int, tokens: int) -
         "vector": [Request(c, vector, options) for c in without],
     }
     samples: dict = {f"{c} batch {b}": {"ttft": [], "tok_s": []} for c in made for b in (1, 16)}
-    asyncio.run(_timed(engine, made["prompt"][:2] + made["vector"][:2]))  # warm
+    await _timed(engine, made["prompt"][:2] + made["vector"][:2])  # warm
     for r in range(rounds):
         for cond, reqs in made.items():
             chunk = reqs[16 * r : 16 * r + 16]
             # batch 1: one request after another
             for req in chunk[:4]:
-                ttft, wall, n = asyncio.run(_timed(engine, [req]))
+                ttft, wall, n = await _timed(engine, [req])
                 samples[f"{cond} batch 1"]["ttft"] += ttft
                 samples[f"{cond} batch 1"]["tok_s"].append(n / wall)
-            ttft, wall, n = asyncio.run(_timed(engine, chunk))
+            ttft, wall, n = await _timed(engine, chunk)
             samples[f"{cond} batch 16"]["ttft"] += ttft
             samples[f"{cond} batch 16"]["tok_s"].append(n / wall)
         print(f"round {r + 1}/{rounds}: " + ", ".join(
@@ -185,7 +191,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="tokens per timed request")
     parser.add_argument("--vllm", action="store_true", help="also time over actsteer serve")
     parser.add_argument("--python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--replot", action="store_true", help="only redraw the saved results")
     args = parser.parse_args()
+    if args.replot:
+        print("wrote", plot(json.loads((RESULTS / "longprompt.json").read_text())))
+        return
     requests = neutral_inputs("eval")[HELD_OUT:][: args.requests]
     sm = SteeredModel.default()
     prompt_tokens = len(sm.encode([{"role": "system", "content": SYSTEM}]))
@@ -240,6 +250,13 @@ def main() -> None:
     print("wrote", write("longprompt", results), plot(results))
 
 
+WHERE = {
+    "in_process": "in process",
+    "vllm_prefix_cache": "vLLM, prefix\ncache on",
+    "vllm_no_prefix_cache": "vLLM, prefix\ncache off",
+}
+
+
 def plot(results: dict) -> Path:
     import matplotlib.pyplot as plt
 
@@ -267,7 +284,7 @@ def plot(results: dict) -> Path:
                   color=colours[cond])  # fmt: skip
     right.set_xticks(
         [i + 0.2 for i in range(len(groups))],
-        [f"{w.replace('_', ' ')}\nbatch {b}" for w, b in groups],
+        [f"{WHERE.get(w, w)}\nbatch {b}" for w, b in groups],
         fontsize=7,
     )
     right.set_ylabel("median time to first token (s)")
