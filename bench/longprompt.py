@@ -80,12 +80,10 @@ SYSTEM = (
 
 def rule_passes(reply: str) -> dict[str, bool]:
     """Each rule's verdict on ``reply`` (IFEval strict, or actsteer's no-disclaimer check)."""
-    out = {}
-    for label, rid in RULES.items():
-        out[label] = (
-            ifeval.instruction(rid).judge(reply)[0] if rid else judge("no-disclaimer", reply).passed
-        )
-    return out
+    return {
+        label: judge(f"ifeval:{rid}" if rid else "no-disclaimer", reply).passed
+        for label, rid in RULES.items()
+    }
 
 
 def quality(sm: SteeredModel, vec: SteeringVector, requests: list[str], max_new: int) -> dict:

@@ -133,21 +133,14 @@ def test_teacher_replies_are_the_same_with_the_shared_prompt_start_run_once(sm):
 ALL_KINDS = sorted({**TINY_CONFIGS, **MORE_CONFIGS})
 
 
-@pytest.mark.parametrize("kind", ALL_KINDS)
-def test_packed_rows_give_the_padded_numbers_and_gradients(kind):
-    """Rows packed behind their shared prefix (one forward, no padding) give the same reply
-    log-probs and vector gradients as the padded batch, steered at each kind of position."""
-    sm = build_tiny(kind, seed=1)
-    torch.manual_seed(0)
-    chats, _ = T.chats(PROMPT, INPUTS[:5], template=False)  # the system turn is shared
-    prompts = [sm.encode(c) for c in chats]
-    replies = [torch.randint(3, 259, (n,)).tolist() for n in (7, 3, 9, 1, 5)]
-    assert T.shared_prefix(prompts) > len(PROMPT)
+def packed_matches_padded(sm, prompts, replies, *, must_pack: bool) -> None:
+    """Packed rows give the padded batch's reply log-probs and vector gradients, unsteered and
+    steered at each kind of position (``must_pack``: packing may not step aside)."""
     vecs = {x: (torch.randn(sm.hidden_size) * 0.5).requires_grad_(True) for x in (1, 2)}
     for positions in (None, "all", "prompt", "generated"):
         row = D.vector_row(vecs, positions) if positions else None
         packed = T.packed_logprobs(sm, prompts, replies, row)
-        if kind == "llama":  # packing must apply to the embedded model's family
+        if must_pack:
             assert packed is not None
         if packed is None:
             continue
@@ -166,6 +159,20 @@ def test_packed_rows_give_the_padded_numbers_and_gradients(kind):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_packed_rows_give_the_padded_numbers_and_gradients(kind):
+    """Rows packed behind their shared prefix (one forward, no padding) give the same reply
+    log-probs and vector gradients as the padded batch, steered at each kind of position."""
+    sm = build_tiny(kind, seed=1)
+    torch.manual_seed(0)
+    chats, _ = T.chats(PROMPT, INPUTS[:5], template=False)  # the system turn is shared
+    prompts = [sm.encode(c) for c in chats]
+    replies = [torch.randint(3, 259, (n,)).tolist() for n in (7, 3, 9, 1, 5)]
+    assert T.shared_prefix(prompts) > len(PROMPT)
+    # packing must apply to the embedded model's family
+    packed_matches_padded(sm, prompts, replies, must_pack=kind == "llama")
+
+
 def test_rows_with_and_without_the_prompt_pack_each_start_once():
     """Stack-safe training mixes rows with the system prompt and rows without it: each kind's
     start runs once (two groups behind the template's first tokens), with the padded numbers
@@ -180,23 +187,7 @@ def test_rows_with_and_without_the_prompt_pack_each_start_once():
     groups = T.prefix_groups(prompts, shared)
     assert [rows for _, rows in groups] == [[0, 2, 4], [1, 3]]
     assert groups[0][0] > shared + len(PROMPT)  # the system prompt, once for its three rows
-    vecs = {x: (torch.randn(sm.hidden_size) * 0.5).requires_grad_(True) for x in (1, 2)}
-    for positions in (None, "all", "prompt", "generated"):
-        row = D.vector_row(vecs, positions) if positions else None
-        packed = T.packed_logprobs(sm, prompts, replies, row)
-        padded = T.reply_logprobs(sm, prompts, replies, row, pack=False)
-        assert packed is not None and packed.shape == padded.shape
-        for i, r in enumerate(replies):
-            torch.testing.assert_close(packed[i, : len(r)], padded[i, : len(r)], atol=2e-4, rtol=0)
-        if row is None:
-            continue
-        pick = [(i, j, t) for i, r in enumerate(replies) for j, t in enumerate(r)]
-        grads = [
-            torch.autograd.grad(sum(lp[i, j, t] for i, j, t in pick), list(vecs.values()))
-            for lp in (packed, padded)
-        ]
-        for a, b in zip(*grads):
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    packed_matches_padded(sm, prompts, replies, must_pack=True)
 
 
 def test_packing_steps_aside_where_it_cannot_apply(sm):
