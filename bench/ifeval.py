@@ -16,7 +16,9 @@ keeps what it measured). Run: ``.venv/bin/python bench/ifeval.py [--instructions
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interval, machine, save_plot, write
 
 from actsteer import SteeredModel, Steering, SteeringVector
+from actsteer.core.distill_config import DistillConfig
 from actsteer.data import HELD_OUT, neutral_inputs
 from actsteer.default_model import cache_root
 from actsteer.evaluate import ifeval
@@ -37,7 +40,9 @@ CONDITIONS = ("none", "prompt", "vector", "prompt + vector")
 
 def vector_for(sm: SteeredModel, rule: ifeval.Instruction, folder: Path) -> SteeringVector:
     """The distilled vector of ``rule``'s text, from ``folder`` when it was made before."""
-    key = hashlib.sha256(f"{sm.fingerprint.to_dict()}\n{rule.text}".encode()).hexdigest()[:12]
+    settings = json.dumps(dataclasses.asdict(DistillConfig()), sort_keys=True)  # defaults
+    blob = f"{sm.fingerprint.to_dict()}\n{settings}\n{rule.text}"
+    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
     path = folder / f"{rule.id.replace(':', '-')}-{key}.safetensors"
     if path.is_file():
         return SteeringVector.load(path, model=sm.fingerprint)
@@ -69,6 +74,9 @@ def run(
         "stack_kl": card["test_stack_kl"],
         "kl_none": card["test_kl_none"],
         "distill_s": card["time_s"],
+        "coeff": card["coeff"],
+        "coeff_dev_kl": card["coeff_dev_kl"],
+        "coeff_dev_stack_kl": card.get("coeff_dev_stack_kl"),
         "prompt_tokens_saved": vec.meta.source.get("prompt_tokens_saved"),
         "conditions": {},
     }

@@ -18,7 +18,9 @@ class DistillConfig:
     activation (``norm / sqrt(hidden)``), so one rate suits every layer and model size.
     ``stack`` is the share of each batch trained *with* the prompt as well: on those rows the
     target is the prompted model itself, so the vector learns to do nothing on top of the
-    prompt it replaces (a user who sends both must not get an over-steered reply)."""
+    prompt it replaces (a user who sends both must not get an over-steered reply). ``select``
+    is how the final coefficient is chosen from ``coeffs`` on dev (``loop.choose_coeff``):
+    ``"replace"`` (the prompt alone, stacking no worse than training left it) or ``"mixture"``."""
 
     steps: int = 70
     lr: float = 0.005
@@ -34,6 +36,7 @@ class DistillConfig:
     schedule: str = "cosine"
     seed: int = 0
     stack: float = 0.25
+    select: str = "replace"
 
     def lr_factor(self, step: int) -> float:
         """The learning rate's multiplier after ``step`` optimizer steps: constant, or a linear
@@ -70,6 +73,10 @@ class DistillConfig:
         if self.schedule not in ("cosine", "constant"):
             raise SteeringSpecError(
                 f"distill: schedule must be 'cosine' or 'constant', got {self.schedule!r}"
+            )
+        if self.select not in ("replace", "mixture"):
+            raise SteeringSpecError(
+                f"distill: select must be 'replace' or 'mixture', got {self.select!r}"
             )
         if self.init not in ("mean_diff", "zero"):
             raise SteeringSpecError(

@@ -19,6 +19,7 @@ from actsteer import (
     presets,
 )
 from actsteer.apply import hooks
+from actsteer.core.distill_config import config
 from actsteer.data import neutral_inputs
 from actsteer.evaluate import fidelity
 from actsteer.sources.prepared import cache_path
@@ -31,6 +32,7 @@ from actsteer.train.prepare import prepare
 PROMPT = "Always answer like a pirate."
 INPUTS = neutral_inputs("train")[:24]
 FAST = dict(steps=30, batch_size=4, max_new_tokens=12, lr=0.05, progress=False)
+FAST_CONFIG = {k: v for k, v in FAST.items() if k != "progress"}
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +261,29 @@ def test_stack_safe_training_keeps_the_vector_harmless_on_top_of_its_prompt(sm):
     assert safe < plain * 1.1, (safe, plain)
 
 
+def test_the_coefficient_reproduces_the_prompt_without_stacking_worse_than_training():
+    """The dial picks the best reproduction of the prompt alone among the coefficients that add
+    no more on top of the prompt than the trained vector (1.0) does; the old rule (the training
+    mixture) is still there by name. The first dial is the French IFEval vector's on dev."""
+    french = {0.75: (0.087, 0.042), 1.0: (0.080, 0.069), 1.25: (0.102, 0.103)}
+    assert D.choose_coeff(french, config()) == 1.0
+    assert D.choose_coeff(french, config(select="mixture")) == 0.75
+    flat = {0.75: (0.20, 0.05), 1.0: (0.15, 0.06), 1.25: (0.10, 0.06)}  # past 1 costs nothing
+    assert D.choose_coeff(flat, config()) == 1.25
+    steep = {1.0: (0.10, 0.05), 1.5: (0.08, 0.09), 2.0: (0.07, 0.20)}  # none as safe as 1.0
+    assert D.choose_coeff(steep, config(coeffs=(1.5, 2.0))) == 1.5
+    assert D.choose_coeff(steep, config(coeffs=(1.5, 2.0), stack=0.0)) == 2.0  # plain only
+
+
+def test_the_training_card_records_both_kls_at_every_coefficient(distilled):
+    card = distilled[0].meta.extra["training"]
+    plain, on_top = card["coeff_dev_kl"], card["coeff_dev_stack_kl"]
+    assert set(plain) == set(on_top) == {"0.75", "1", "1.25"}
+    dial = {float(c): (plain[c], on_top[c]) for c in plain}
+    assert card["coeff"] == D.choose_coeff(dial, config(**FAST_CONFIG))
+    assert card["dev_stack_kl"] == on_top[f"{card['coeff']:g}"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -273,6 +298,7 @@ def test_stack_safe_training_keeps_the_vector_harmless_on_top_of_its_prompt(sm):
         ({"coeffs": ()}, "coeffs"),
         ({"stack": 1.0}, "stack must be in"),
         ({"stack": -0.1}, "stack must be in"),
+        ({"select": "best"}, "select must be"),
     ],
 )
 def test_bad_input_gets_a_clear_error_before_any_work(sm, kwargs, match):

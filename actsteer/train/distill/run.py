@@ -61,12 +61,12 @@ def distill(
     vector); the reported test fidelity uses ``test_inputs`` (default: the 48 held-out shipped
     messages, or 15 % of ``inputs`` when you pass your own), never seen in training. ``layers``
     default to every layer but 0, which llama.cpp never steers. More settings (``top_k``,
-    ``first_weight``, ``eval_every``, ``patience``, ``coeffs``, ``schedule``, ``init``) are those of
-    ``actsteer.core.distill_config.DistillConfig``. The vector's metadata carries a training card
-    (``meta.extra["training"]``): settings, steps, losses, dev and test fidelity, positions,
-    time. Runs on the generation thread (other calls wait); ``cancel`` (or an interrupt of the
-    waiting caller) stops it between steps with ``DistillationError``, and nothing is returned
-    or cached.
+    ``first_weight``, ``eval_every``, ``patience``, ``coeffs``, ``schedule``, ``init``, ``stack``,
+    ``select``) are those of ``actsteer.core.distill_config.DistillConfig``. The vector's
+    metadata carries a training card (``meta.extra["training"]``): settings, steps, losses, dev
+    and test fidelity, positions, time. Runs on the generation thread (other calls wait);
+    ``cancel`` (or an interrupt of the waiting caller) stops it between steps with
+    ``DistillationError``, and nothing is returned or cached.
     """
     if not isinstance(system_prompt, str) or not system_prompt.strip():
         raise SteeringSpecError("distill needs a non-empty system prompt or template")
@@ -183,6 +183,7 @@ def _run_distill(sm, system_prompt, template, layers, positions, cfg, splits, pr
         "best_step": trained.best_step,
         "coeff": trained.coeff,
         "coeff_dev_kl": trained.coeff_dev_kl,
+        "coeff_dev_stack_kl": trained.coeff_dev_stack_kl,
         "history": list(trained.history),
         "dev_fidelity": dev_fidelity,
         "test_fidelity": test_fid.removed,
