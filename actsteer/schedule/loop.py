@@ -1,8 +1,10 @@
 """The continuous-batching loop of the local engine, on the generation thread.
 
-A run starts with the jobs the worker merged, and at every decode step takes the jobs that
+A run starts with the jobs the worker merged, and after every decode step takes the jobs that
 arrived meanwhile (``worker.joiners``: any options, same engine) into the running batch: they
-are prefilled and choose their first token at once, then decode with the others. A row that
+are prefilled and choose their first token at once, then decode with the others. Arrivals are
+prefilled before the next step, so a call's time to first token is at most the step (or the
+prefill) in flight when it came, plus its own prefill. A row that
 ends (EOS, its ``max_new_tokens``, a stop string, its grammar, its cancel) leaves at that step,
 and its job's future is set as soon as all of the job's rows have ended, so nobody waits for a
 longer neighbour. The run ends when no row is left.
@@ -53,10 +55,7 @@ class Run:
                 self._leave([i for i, r in enumerate(self.batch.rows) if r.cancel.is_set()])
                 if self.batch.rows:
                     self._decide(self.batch.step())
-                room = worker.MAX_MERGED_ROWS - len(self.batch.rows)  # more wait
-                joined = worker.joiners(self.key, room) if room > 0 else []
-                if joined:
-                    self._admit(joined, retry_alone=True)
+                self._admit_arrivals()
         except BaseException as exc:  # the group's callers get it from the worker
             for job in self.jobs:
                 if job not in group and not job.future.done():
@@ -67,6 +66,17 @@ class Run:
                 for stream in _streams(job):
                     stream.end()  # a consumer never waits on a row that will not come
         return [job.future.result() for job in group]  # all answered as their rows ended
+
+    def _admit_arrivals(self) -> None:
+        """Prefill the jobs that arrived, before the next decode step, and again for those that
+        arrived during that prefill: a call that comes in while another is prefilled waits for
+        that prefill only, not for a decode step too (time to first token under load). Rows
+        beyond ``MAX_MERGED_ROWS`` wait for room."""
+        while (room := worker.MAX_MERGED_ROWS - len(self.batch.rows)) > 0:
+            joined = worker.joiners(self.key, room)
+            if not joined:
+                return
+            self._admit(joined, retry_alone=True)
 
     def _admit(self, jobs: list[worker.Job], *, retry_alone: bool) -> None:
         """Prefill the jobs' rows together and give each its first token. When joiners fail

@@ -308,3 +308,30 @@ def test_a_call_with_many_rows_is_not_overtaken_by_later_small_ones(llama, monke
         handle.remove()
         remove()
     assert order == [1, 3, 1]  # the big call ran before the small one that came after it
+
+
+def test_a_call_that_arrives_during_a_prefill_is_prefilled_before_the_next_step(llama):
+    """Time to first token under load: an arrival waits for the forward in flight and then its
+    own prefill, never for a decode step as well (the old loop let one step run between)."""
+    first = Request("a long one", (), GenerationOptions(max_new_tokens=20))
+    second = Request("the second call", (), GenerationOptions(max_new_tokens=4))
+    third = Request("the third call", (), GenerationOptions(max_new_tokens=4))
+    alone = [llama.engine.generate([r])[0] for r in (second, third)]
+    widths: list[int] = []
+    futures: list = []
+
+    def forward(module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        widths.append(ids.shape[1])
+        if len(widths) in (3, 4):  # a decode step of the first run, then the second's prefill
+            futures.extend(llama.engine.submit([second if len(widths) == 3 else third]))
+
+    handle = llama.model.register_forward_pre_hook(forward, with_kwargs=True)
+    try:
+        llama.engine.generate([first])
+        got = [f.result(60) for f in futures]
+    finally:
+        handle.remove()
+    assert widths[1:3] == [1, 1]  # the first row decoding when the second came
+    assert widths[3] > 1 and widths[4] > 1  # the second's prefill, then the third's at once
+    assert [g.token_ids for g in got] == [g.token_ids for g in alone]
