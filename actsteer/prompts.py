@@ -7,8 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 from .errors import ContextWindowError, OptionsError, PromptError, ToolSpecError
 from .tools import render as tool_render
 from .tools.spec import ToolSpec
@@ -187,19 +185,6 @@ def check_budget(max_new_tokens: int, window: int | None) -> None:
             f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
             f"context window of {window} tokens; lower it below {window}"
         )
-
-
-def left_pad(
-    encoded: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id rows as one left-padded batch: ``(input_ids, attention_mask)``."""
-    width = max(len(t) for t in encoded)
-    ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, width - len(tokens) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _message(m: object) -> dict[str, Any]:

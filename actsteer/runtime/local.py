@@ -1,15 +1,15 @@
-"""LocalEngine: the in-process ``Engine``. Requests become rows (token ids and compiled
-steering), rows become ``worker.Job`` values, and the generation thread runs each merged group
-as one left-padded Hugging Face ``generate`` with the rows' hook plan active."""
+"""LocalEngine: the in-process ``Engine``. Requests become rows (token ids, compiled steering,
+grammars), rows become ``worker.Job`` values, and the generation thread runs them: as one
+continuous run that later calls join (``actsteer.schedule``), or, for models whose cache cannot
+take rows in and out, as one left-padded Hugging Face ``generate`` per merged group. A stream
+is read on the caller's thread (``streaming.read_stream``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
-import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from functools import partial
@@ -24,18 +24,15 @@ from ..errors import GenerationError
 from ..prompts import Prompt, context_window, fit
 from ..schedule.batch import supports_joining
 from ..schedule.loop import Run
-from ..tools.formats import format_for, shown_content
+from ..tools.formats import format_for
 from ..tools.spec import ToolSpec
 from . import worker
-from .generation import TokenQueue, cut_at_stop, safe_length
-from .replies import decode_reply, until_eos
-from .rows import Rows, finish, generate_rows
+from .generation import TokenQueue
+from .rows import Rows, generate_rows
+from .streaming import read_stream
 
 if TYPE_CHECKING:
     from .surface import Steerable
-
-#: How often a stream consumer checks for cancellation and timeouts while no token arrives.
-_POLL_S = 0.05
 
 
 class LocalEngine:
@@ -137,7 +134,7 @@ class LocalEngine:
         job = self._jobs([request], CallCancel(cancel), prepare_here=True)[0]
         job.payload.stream = TokenQueue()
         job.retry_alone = False
-        return self._stream(job, timeout)
+        return read_stream(self.sm.handle, job, timeout)
 
     async def astream(
         self, request: Request, *, timeout: float | None = 600.0
@@ -295,70 +292,6 @@ class LocalEngine:
             out.append(gens[start : start + n])
             start += n
         return out
-
-    def _decode(self, new: Sequence[int]) -> str:
-        return decode_reply(self.sm.tokenizer, until_eos(new, self.sm.eos_token_ids))
-
-    # -- streaming (on the caller's thread) -------------------------------------------------
-    def _stream(self, job: worker.Job, timeout: float | None) -> Iterator[str | Generation]:
-        rows: Rows = job.payload
-        request = rows.requests[0]
-        options = request.options
-        stop = options.stop
-        calls = request.tools and request.tool_choice != "none"
-        trigger = format_for(self.sm.tokenizer).trigger if calls else None
-        tokens_in = rows.stream
-        assert tokens_in is not None and rows.encoded is not None and rows.compiled is not None
-        (future,) = worker.submit(job)
-        new: list[int] = []
-        sent = 0
-        hit = False
-        deadline: float | None = None
-        try:
-            while True:
-                try:
-                    item = tokens_in.queue.get(timeout=_POLL_S)
-                except queue.Empty:
-                    if job.cancel.is_set() and (future.cancelled() or future.cancel()):
-                        break  # cancelled while still queued: it never starts
-                    if timeout is not None and (future.running() or future.done()):
-                        now = time.monotonic()  # queued time does not count
-                        deadline = deadline or now + timeout
-                        if now > deadline:
-                            raise GenerationError(f"no token arrived within {timeout} s") from None
-                    continue
-                deadline = None
-                if item is TokenQueue.END:
-                    break
-                new.extend(item)
-                text, hit = cut_at_stop(self._decode(new), stop)
-                upto = len(text) if hit else safe_length(text, stop)
-                if trigger is not None:  # content only: a call's text is held back
-                    text = shown_content(text[:upto], trigger)
-                    upto = len(text)
-                if upto > sent:
-                    yield text[sent:upto]
-                    sent = upto
-                if hit:
-                    break
-            if not (hit or tokens_in.row_done or future.cancelled()):
-                future.result()  # the generate ended before this row did: re-raise a failure
-            final = finish(
-                self.sm.handle,
-                len(rows.encoded[0]),
-                new,
-                request,
-                job.cancel,
-                rows.compiled[0][1],
-                tokens_in.closed,
-                (rows.dropped or [0])[0],
-            )
-            if len(final.text) > sent:
-                yield final.text[sent:]
-            yield final
-        finally:
-            job.cancel.set()  # an abandoned stream's row stops at the next step
-            future.cancel()  # ... or never starts
 
 
 def _in_order(jobs: Sequence[worker.Job], results: Sequence[list[Generation]]) -> list[Generation]:

@@ -17,6 +17,7 @@ import torch
 from transformers import GenerationConfig
 
 from ...apply import hooks
+from ...runtime.handle import left_pad
 
 if TYPE_CHECKING:
     from ...runtime.surface import Steerable
@@ -93,7 +94,7 @@ def teacher_examples(
                 prefix = torch.tensor([chunk[0][:shared]], device=sm.device)
                 cache = _prefix_cache(sm, prefix, cache_arg, len(chunk))
             shared = shared if cache is not None else 0
-            ids, mask = _left_pad(sm, [c[shared:] for c in chunk])
+            ids, mask = left_pad([c[shared:] for c in chunk], sm.pad_token_id, sm.device)
             kwargs: dict = {}
             if shared:
                 kwargs[cache_arg] = cache
@@ -149,16 +150,6 @@ def _attention_only(model: torch.nn.Module) -> bool:
         return False
     name = f"{getattr(cfg, 'model_type', '')} {type(model).__name__}".lower()
     return not any(kind in name for kind in _RECURRENT)
-
-
-def _left_pad(sm: Steerable, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), sm.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    return ids.to(sm.device), mask.to(sm.device)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
