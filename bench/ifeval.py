@@ -10,7 +10,9 @@ IFEval's checker, strict and loose, under four conditions: no steering, the syst
 vector alone, and the prompt plus the vector. Fidelity is the training card's held-out one.
 
 Writes bench/results/ifeval.json and ifeval.png (after each instruction, so an interrupted run
-keeps what it measured). Run: ``.venv/bin/python bench/ifeval.py [--instructions a,b]``
+keeps what it measured). ``--model ID`` runs another Hugging Face model (where a hub or a local
+copy is at hand) and writes ifeval_<name>.json / .png instead.
+Run: ``.venv/bin/python bench/ifeval.py [--instructions a,b] [--model Qwen/Qwen2.5-0.5B-Instruct]``
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def verdicts(results: dict) -> dict:
     }
 
 
-def plot(results: dict) -> Path:
+def plot(results: dict, stem: str = "ifeval") -> Path:
     import matplotlib.pyplot as plt
 
     ids = list(results["instructions"])
@@ -170,11 +172,11 @@ def plot(results: dict) -> Path:
     ax.legend(fontsize=8, loc="lower right")
     n = next(iter(results["instructions"].values()))["conditions"]["none"]["n"] if ids else 0
     ax.set_title(
-        f"IFEval instructions as system prompt vs distilled vector (SmolLM2-135M, {n} "
+        f"IFEval instructions as system prompt vs distilled vector ({results['model']}, {n} "
         "held-out requests)",
         fontsize=10,
     )
-    return save_plot(fig, "ifeval.png")
+    return save_plot(fig, f"{stem}.png")
 
 
 def main() -> None:
@@ -183,12 +185,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--vectors", type=Path, default=cache_root() / "ifeval")
+    parser.add_argument("--model", default=None, help="Hugging Face id or path (default: embedded)")
     args = parser.parse_args()
     rules = [ifeval.instruction(i) for i in args.instructions.split(",")]  # fail before work
     requests = neutral_inputs("eval")[HELD_OUT:][: args.requests]
     if len(requests) < args.requests:
         sys.exit(f"only {len(requests)} held-out requests ship; asked for {args.requests}")
-    sm = SteeredModel.default()
+    sm = SteeredModel.from_pretrained(args.model) if args.model else SteeredModel.default()
+    stem = "ifeval"
+    if args.model:
+        stem += "_" + "".join(c if c.isalnum() else "-" for c in args.model.rsplit("/", 1)[-1])
     results: dict = {
         "machine": machine(),
         "model": sm.fingerprint.name,
@@ -200,10 +206,10 @@ def main() -> None:
         vec = vector_for(sm, rule, args.vectors)
         results["instructions"][rule.id] = run(sm, rule, vec, requests, args.max_new_tokens)
         results["verdicts"] = verdicts(results)
-        write("ifeval", results)
-        plot(results)
+        write(stem, results)
+        plot(results, stem)
     print(table(results))
-    print("wrote bench/results/ifeval.json and ifeval.png")
+    print(f"wrote bench/results/{stem}.json and {stem}.png")
 
 
 def table(results: dict) -> str:

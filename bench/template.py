@@ -10,7 +10,8 @@ mean-difference vector they replace (``extract.prompt_template`` at 0.4 depth, c
 the shipped presets until they were distilled) runs next to them. Writes
 bench/results/template.json and template.png.
 Run: ``.venv/bin/python bench/template.py [--prompts 200] [--max-new-tokens 48] [--presets a,b]
-[--update]`` (``--update`` replaces only the named presets' rows in the results file).
+[--update]`` (``--update`` replaces only the named presets' rows in the results file). The
+results are written after each preset, so an interrupted run keeps the presets it finished.
 """
 
 from __future__ import annotations
@@ -114,16 +115,16 @@ def main() -> None:
             },
         }
         print(report.table(), "\n", flush=True)
-    write(
-        "template",
-        {
-            "benchmark": "template",
-            "model": sm.fingerprint.name,
-            "machine": machine(),
-            "presets": rows,
-        },
-    )
-    plot(rows)
+        write(  # after each preset: an interrupted run keeps what it measured
+            "template",
+            {
+                "benchmark": "template",
+                "model": sm.fingerprint.name,
+                "machine": machine(),
+                "presets": rows,
+            },
+        )
+        plot(rows)
     print(markdown_tables(rows))
 
 
