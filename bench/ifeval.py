@@ -194,7 +194,8 @@ def main() -> None:
     sm = SteeredModel.from_pretrained(args.model) if args.model else SteeredModel.default()
     stem = "ifeval"
     if args.model:
-        stem += "_" + "".join(c if c.isalnum() else "-" for c in args.model.rsplit("/", 1)[-1])
+        name = args.model.rstrip("/").rsplit("/", 1)[-1]
+        stem += "_" + "".join(c if c.isalnum() else "-" for c in name)
     results: dict = {
         "machine": machine(),
         "model": sm.fingerprint.name,

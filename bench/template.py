@@ -69,9 +69,12 @@ def main() -> None:
     args = parser.parse_args()
     sm = SteeredModel.default(progress=False)
     prompts = neutral_inputs("eval")[: args.prompts]
-    rows = {}
-    if args.update and (RESULTS / "template.json").exists():
-        rows = json.loads((RESULTS / "template.json").read_text())["presets"]
+    rows: dict = {}
+    old: dict = {}  # the results file's rows, kept in it until this run replaces them
+    if (RESULTS / "template.json").exists():
+        old = json.loads((RESULTS / "template.json").read_text())["presets"]
+    if args.update:
+        rows = dict(old)
     for name in args.presets.split(","):
         preset = presets.get(name)
         report = evaluate_preset(sm, name, prompts=prompts, max_new_tokens=args.max_new_tokens)
@@ -115,16 +118,20 @@ def main() -> None:
             },
         }
         print(report.table(), "\n", flush=True)
-        write(  # after each preset: an interrupted run keeps what it measured
+        # after each preset, over the old rows: an interrupted run keeps what it measured
+        # and loses nothing that was there; a whole run without --update keeps only its own
+        done = name == args.presets.split(",")[-1]
+        kept = rows if args.update or done else {**old, **rows}
+        write(
             "template",
             {
                 "benchmark": "template",
                 "model": sm.fingerprint.name,
                 "machine": machine(),
-                "presets": rows,
+                "presets": kept,
             },
         )
-        plot(rows)
+        plot(kept)
     print(markdown_tables(rows))
 
 

@@ -3,11 +3,11 @@
 A run starts with the jobs the worker merged, and after every decode step takes the jobs that
 arrived meanwhile (``worker.joiners``: any options, same engine) into the running batch: they
 are prefilled and choose their first token at once, then decode with the others. Arrivals are
-prefilled before the next step, so a call's time to first token is at most the step (or the
-prefill) in flight when it came, plus its own prefill. A row that
-ends (EOS, its ``max_new_tokens``, a stop string, its grammar, its cancel) leaves at that step,
-and its job's future is set as soon as all of the job's rows have ended, so nobody waits for a
-longer neighbour. The run ends when no row is left.
+prefilled before the next step (after a run's first prefill too), so a call's time to first
+token is at most the forward in flight when it came (a step or a prefill) plus its own
+prefill. A row that ends (EOS, its ``max_new_tokens``, a stop string, its grammar, its cancel)
+leaves at that step, and its job's future is set as soon as all of the job's rows have ended,
+so nobody waits for a longer neighbour. The run ends when no row is left.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Run:
     def _run(self, group: list[worker.Job]) -> list[list[Generation]]:
         try:
             self._admit(group, retry_alone=False)
+            self._admit_arrivals()
             while self.batch.rows:
                 self._leave([i for i, r in enumerate(self.batch.rows) if r.cancel.is_set()])
                 if self.batch.rows:
@@ -71,11 +72,16 @@ class Run:
         """Prefill the jobs that arrived, before the next decode step, and again for those that
         arrived during that prefill: a call that comes in while another is prefilled waits for
         that prefill only, not for a decode step too (time to first token under load). Rows
-        beyond ``MAX_MERGED_ROWS`` wait for room."""
-        while (room := worker.MAX_MERGED_ROWS - len(self.batch.rows)) > 0:
+        beyond ``MAX_MERGED_ROWS`` wait for room, and at most that many rows are prefilled
+        between two steps, so arrivals that end at their first token (or fail) cannot hold the
+        running rows' next step back for long."""
+        cap = worker.MAX_MERGED_ROWS
+        taken = 0
+        while (room := min(cap - len(self.batch.rows), cap - taken)) > 0:
             joined = worker.joiners(self.key, room)
             if not joined:
                 return
+            taken += sum(job.rows for job in joined)
             self._admit(joined, retry_alone=True)
 
     def _admit(self, jobs: list[worker.Job], *, retry_alone: bool) -> None:

@@ -310,21 +310,23 @@ def test_a_call_with_many_rows_is_not_overtaken_by_later_small_ones(llama, monke
     assert order == [1, 3, 1]  # the big call ran before the small one that came after it
 
 
-def test_a_call_that_arrives_during_a_prefill_is_prefilled_before_the_next_step(llama):
+@pytest.mark.parametrize("at", [1, 3])  # the run's first prefill, or a decode step
+def test_a_call_that_arrives_during_a_prefill_is_prefilled_before_the_next_step(llama, at):
     """Time to first token under load: an arrival waits for the forward in flight and then its
     own prefill, never for a decode step as well (the old loop let one step run between)."""
     first = Request("a long one", (), GenerationOptions(max_new_tokens=20))
     second = Request("the second call", (), GenerationOptions(max_new_tokens=4))
     third = Request("the third call", (), GenerationOptions(max_new_tokens=4))
     alone = [llama.engine.generate([r])[0] for r in (second, third)]
+    worker.call(lambda: None)  # that run has ended, so the first call starts a run of its own
     widths: list[int] = []
     futures: list = []
 
     def forward(module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         widths.append(ids.shape[1])
-        if len(widths) in (3, 4):  # a decode step of the first run, then the second's prefill
-            futures.extend(llama.engine.submit([second if len(widths) == 3 else third]))
+        if len(widths) in (at, at + 1):  # the second comes, then the third during its prefill
+            futures.extend(llama.engine.submit([second if len(widths) == at else third]))
 
     handle = llama.model.register_forward_pre_hook(forward, with_kwargs=True)
     try:
@@ -332,6 +334,38 @@ def test_a_call_that_arrives_during_a_prefill_is_prefilled_before_the_next_step(
         got = [f.result(60) for f in futures]
     finally:
         handle.remove()
-    assert widths[1:3] == [1, 1]  # the first row decoding when the second came
-    assert widths[3] > 1 and widths[4] > 1  # the second's prefill, then the third's at once
+    assert widths[0] > 1 and all(w == 1 for w in widths[1:at])  # the first row's own forwards
+    assert widths[at] > 1 and widths[at + 1] > 1  # the second's prefill, then the third's
     assert [g.token_ids for g in got] == [g.token_ids for g in alone]
+
+
+def test_arrivals_that_end_at_once_cannot_hold_the_running_rows_back(llama, monkeypatch):
+    """Calls that each arrive during the previous one's prefill and end at their first token
+    never fill the batch; the loop still lets the running row step after ``MAX_MERGED_ROWS``
+    rows of prefill."""
+    monkeypatch.setattr(worker, "MAX_MERGED_ROWS", 3)
+    first = Request("a long one", (), GenerationOptions(max_new_tokens=12))
+    quick = [Request(f"quick {i}", (), GenerationOptions(max_new_tokens=1)) for i in range(8)]
+    want = llama.engine.generate([first])[0]
+    worker.call(lambda: None)  # that run has ended, so the first call starts a run of its own
+    widths: list[int] = []
+    futures: list = []
+
+    def forward(module, args, kwargs) -> None:
+        widths.append(kwargs["input_ids"].shape[1])
+        if widths[-1] > 1 and len(futures) < len(quick):  # one more during every prefill
+            futures.extend(llama.engine.submit([quick[len(futures)]]))
+
+    handle = llama.model.register_forward_pre_hook(forward, with_kwargs=True)
+    try:
+        got = llama.engine.generate([first])[0]
+        [f.result(60) for f in futures]
+    finally:
+        handle.remove()
+    runs, n = [], 0
+    for w in widths:  # lengths of the stretches of prefills between decode steps
+        n = n + 1 if w > 1 else 0
+        runs.append(n)
+    # the first's own prefill, then 3 joiners' (without the cap, all 8 in one stretch)
+    assert len(futures) == len(quick) and max(runs) == 1 + 3, widths
+    assert got.token_ids == want.token_ids
