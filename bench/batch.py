@@ -521,9 +521,8 @@ def plot(result: dict, filename: str = "batch.png") -> None:
     ax.barh(labels, medians, xerr=errors, color=["#999"] + ["#3a7"] * (len(names) - 1))
     ax.axvline(medians[0], color="#555", linestyle="--", linewidth=1)
     for y, n in enumerate(names):
-        ratio, best = result["ratio_vs_ceiling"][n], result.get("ratio_vs_ceiling_best", {}).get(n)
-        text = f"  {ratio:.2f}x" + (f" (best {best:.2f}x)" if best is not None else "")
-        ax.text(stats[n]["max"], y, text, va="center", fontsize=8)
+        ratio, best = result["ratio_vs_ceiling"][n], result["ratio_vs_ceiling_best"][n]
+        ax.text(stats[n]["max"], y, f"  {ratio:.2f}x (best {best:.2f}x)", va="center", fontsize=8)
     ax.set_xlim(0, max(stats[n]["max"] for n in names) * 1.25)
     ax.invert_yaxis()
     ax.set_xlabel("generated tokens/s (median, min-max); vs the ceiling: median (best round)")

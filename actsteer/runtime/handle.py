@@ -75,7 +75,13 @@ class ModelHandle:
 
     def pad(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token-id rows as one left-padded batch on the model's device: ``(ids, mask)``."""
-        return left_pad(encoded, self.pad_token_id, self.device)
+        width = max(len(t) for t in encoded)
+        ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     def plan(
         self,
@@ -116,19 +122,6 @@ class ModelHandle:
                 "cannot steer"
             )
         return plan
-
-
-def left_pad(
-    encoded: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id rows as one left-padded batch: ``(input_ids, attention_mask)``."""
-    width = max(len(t) for t in encoded)
-    ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, width - len(tokens) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> tuple[int, ...]:

@@ -17,7 +17,6 @@ import torch
 from transformers import GenerationConfig
 
 from ...apply import hooks
-from ...runtime.handle import left_pad
 
 if TYPE_CHECKING:
     from ...runtime.surface import Steerable
@@ -94,7 +93,7 @@ def teacher_examples(
                 prefix = torch.tensor([chunk[0][:shared]], device=sm.device)
                 cache = _prefix_cache(sm, prefix, cache_arg, len(chunk))
             shared = shared if cache is not None else 0
-            ids, mask = left_pad([c[shared:] for c in chunk], sm.pad_token_id, sm.device)
+            ids, mask = sm.handle.pad([c[shared:] for c in chunk])
             kwargs: dict = {}
             if shared:
                 kwargs[cache_arg] = cache
